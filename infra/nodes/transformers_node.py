@@ -1,0 +1,120 @@
+"""A CPU serving node: the real `transformers serve` with Prometheus metrics and a version header.
+
+`transformers serve` has no `/metrics` and no way to say which model version answered. This wrapper
+runs the same CLI command in-process and wraps the FastAPI app it builds, adding:
+
+- `GET /metrics`: requests in flight, requests and latency by route and status, the served version;
+- header `X-Llmops-Model-Version` on every response, so the gateway, tests and metrics can attribute it.
+
+Run by the node launcher as:
+    python -m infra.nodes.transformers_node --served-name NAME --version V --sha256 H -- <transformers serve args>
+The working directory holds a symlink NAME -> the verified model directory, so the OpenAI `model` field
+of requests is the registered model name while `transformers serve` pins the local path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+VERSION_HEADER = "X-Llmops-Model-Version"
+
+IN_FLIGHT = Gauge("llmops_node_requests_in_flight", "Requests being served by this node")
+REQUESTS = Counter("llmops_node_requests_total", "Requests served", ["route", "status"])
+LATENCY = Histogram(
+    "llmops_node_request_duration_seconds", "Time to full response (streams: to last byte)", ["route"],
+    buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 60),
+)
+INFO = Gauge("llmops_node_model_info", "The model version this node serves", ["model", "version", "sha256"])
+
+_TRACKED = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+
+
+def instrument(app: Any, served_name: str, version: str, sha256: str) -> Any:
+    """Add /metrics, the version header and request metrics to the app `transformers serve` built."""
+    from fastapi import Request, Response
+
+    INFO.labels(served_name, version, sha256).set(1)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.middleware("http")
+    async def track(request: Request, call_next: Any) -> Any:
+        route = request.url.path
+        tracked = route in _TRACKED
+        start = time.perf_counter()
+        if tracked:
+            IN_FLIGHT.inc()
+        try:
+            response = await call_next(request)
+        except Exception:
+            if tracked:
+                IN_FLIGHT.dec()
+                REQUESTS.labels(route, "500").inc()
+            raise
+        response.headers[VERSION_HEADER] = version
+        if tracked:
+            # Streaming bodies finish after this returns: count them when the body iterator ends.
+            body = getattr(response, "body_iterator", None)
+            status = str(response.status_code)
+            if body is None:
+                IN_FLIGHT.dec()
+                REQUESTS.labels(route, status).inc()
+                LATENCY.labels(route).observe(time.perf_counter() - start)
+            else:
+                async def finishing() -> Any:
+                    try:
+                        async for chunk in body:
+                            yield chunk
+                    finally:
+                        IN_FLIGHT.dec()
+                        REQUESTS.labels(route, status).inc()
+                        LATENCY.labels(route).observe(time.perf_counter() - start)
+
+                response.body_iterator = finishing()
+        return response
+
+    return app
+
+
+def verify_model(model_dir: Path, expected: str) -> None:
+    """Refuse to serve weights whose content hash differs from the version the node was asked for."""
+    from llmops.hashing import dir_sha256
+
+    actual = dir_sha256(model_dir.resolve())
+    if actual != expected:
+        sys.exit(f"llmops node: model {model_dir} hashes to {actual}, expected {expected}; refusing to serve")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--served-name", required=True)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--sha256", required=True)
+    args, serve_args = parser.parse_known_args(argv)
+    if serve_args and serve_args[0] == "--":
+        serve_args = serve_args[1:]
+    verify_model(Path(args.served_name), args.sha256)
+
+    import transformers.cli.serving.server as server_mod
+    from transformers.cli.transformers import app as transformers_cli
+
+    build_server = server_mod.build_server
+
+    def build_instrumented(*a: Any, **kw: Any) -> Any:
+        return instrument(build_server(*a, **kw), args.served_name, args.version, args.sha256)
+
+    server_mod.build_server = build_instrumented
+    sys.argv = ["transformers", "serve", *serve_args]
+    transformers_cli()
+
+
+if __name__ == "__main__":
+    main()

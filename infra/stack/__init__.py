@@ -1,0 +1,1 @@
+"""The local stack: real servers on loopback behind `llmops stack up | status | down | logs`."""

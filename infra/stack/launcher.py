@@ -1,0 +1,266 @@
+"""`llmops stack up | status | down | logs`: start the real services on loopback, idempotently."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmops import proc
+from llmops.basemodel import ensure_base_registered
+from llmops.endpoints import Endpoints
+from llmops.errors import ServiceError
+from llmops.model_cache import ModelCache
+from llmops.pool.haproxy import HAProxyRuntime
+from llmops.pool.launcher import LocalProcessLauncher
+from llmops.pool.manager import Pool
+from llmops.pool.state import NodeStatus, PoolStore
+from llmops.registry import MlflowRegistry
+from llmops.stackconfig import StackConfig
+
+from infra.stack import services as svc
+
+FIRST_WAVE = ("s3", "prefect", "prometheus", "alertmanager", "gateway")
+ORDER = (*FIRST_WAVE, "mlflow", "worker")
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    url: str
+    running: bool
+    healthy: bool
+    rss_mb: float
+    pid: int | None
+
+
+class Stack:
+    """The local stack described by one StackConfig; its state lives in `cfg.state_dir`."""
+
+    def __init__(self, cfg: StackConfig) -> None:
+        self.cfg = cfg
+        self.ep: Endpoints = svc.endpoints_for(cfg)
+        self.state_file = cfg.state_dir / "stack.json"
+
+    # ---- state -------------------------------------------------------------------------------
+    def _load(self) -> dict[str, object]:
+        if self.state_file.is_file():
+            return dict(json.loads(self.state_file.read_text()))
+        return {"services": {}}
+
+    def _records(self) -> dict[str, proc.ProcRecord]:
+        return {k: proc.ProcRecord.from_json(v) for k, v in self._load()["services"].items()}  # type: ignore[union-attr]
+
+    def _save(self, records: dict[str, proc.ProcRecord], **extra: object) -> None:
+        data = self._load()
+        data["services"] = {k: r.to_json() for k, r in records.items()}
+        data.update(extra)
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.state_file)
+
+    def pool(self) -> Pool:
+        sd = self.cfg.state_dir
+        return Pool(
+            model=self.cfg.model.name, backend=svc.backend_name(self.cfg.model.name),
+            registry=MlflowRegistry(self.ep.mlflow_url), cache=ModelCache(sd / "models"),
+            launcher=LocalProcessLauncher(sd / "nodes", self.cfg.serving, svc.REPO_ROOT),
+            lb=HAProxyRuntime(self.ep.haproxy_socket), store=PoolStore(sd / "pool" / "pool.json"),
+            targets_file=sd / "prometheus" / "targets" / "nodes.json", host=self.cfg.host,
+            node_base_port=self.cfg.ports.node_base, ready_timeout_s=self.cfg.serving.start_timeout_s)
+
+    # ---- up ----------------------------------------------------------------------------------
+    def up(self, say: Say = print) -> dict[str, float]:
+        """Start what is not running, wait for every health check, provision the model and the nodes.
+
+        Returns seconds spent per stage. On failure, everything this call started is stopped again.
+        """
+        timings: dict[str, float] = {}
+        t0 = time.monotonic()
+        records = {k: r for k, r in self._records().items() if proc.is_alive(r)}
+        specs = {s.name: s for s in svc.all_services(self.cfg, self.ep)}  # also checks binaries
+        to_start = [n for n in ORDER if n not in records]
+        for name in to_start:
+            for port in specs[name].ports:
+                proc.ensure_port_free(port, name)
+        started: list[str] = []
+        nodes_before = {n.name for n in self.pool().nodes()}
+
+        def start(name: str) -> None:
+            spec = specs[name]
+            log = self.cfg.state_dir / "logs" / f"{name}.log"
+            records[name] = proc.spawn(spec.argv, log, env={**_base_env(), **spec.env}, cwd=spec.cwd)
+            started.append(name)
+            self._save(records)
+            say(f"  started {name:<13} pid {records[name].pid}")
+
+        try:
+            for name in FIRST_WAVE:
+                if name in to_start:
+                    start(name)
+            self._wait(specs["s3"], records)
+            self._ensure_buckets()
+            if "mlflow" in to_start:
+                start("mlflow")
+            self._wait(specs["prefect"], records)
+            if self._prefect_setup_needed("prefect" in started):
+                self._prefect_setup(say)
+            if "worker" in to_start:
+                start("worker")
+            for name in ("prometheus", "alertmanager", "gateway", "mlflow", "worker"):
+                self._wait(specs[name], records)
+            timings["services_s"] = time.monotonic() - t0
+            self.ep.save()
+            t1 = time.monotonic()
+            registry = MlflowRegistry(self.ep.mlflow_url)
+            ref = ensure_base_registered(registry, self.cfg.state_dir / "base" / "smollm2-135m-instruct",
+                                         self.cfg.model.name, self.cfg.model.alias)
+            timings["model_s"] = time.monotonic() - t1
+            say(f"  model {ref.name} v{ref.version} (@{self.cfg.model.alias}) sha256 {ref.sha256[:12]}")
+            t2 = time.monotonic()
+            self._ensure_nodes(say)
+            timings["nodes_s"] = time.monotonic() - t2
+        except BaseException as err:
+            say(f"stack up failed: {err}")
+            for name in started:
+                say(f"--- last lines of {name} ({records[name].log}) ---\n{proc.tail(records[name].log, 25)}")
+            self._stop_new_nodes(nodes_before)
+            for name in reversed(started):
+                proc.stop(records.pop(name))
+            self._save(records)
+            raise
+        timings["total_s"] = time.monotonic() - t0
+        return timings
+
+    def _wait(self, spec: svc.ServiceSpec, records: dict[str, proc.ProcRecord]) -> None:
+        """Wait for `spec`'s health check; fail at once if it or any other started service exits."""
+        rec = records[spec.name]
+        deadline = time.monotonic() + self.cfg.service_timeout_s
+        while time.monotonic() < deadline:
+            if spec.health():
+                return
+            for name, other in records.items():
+                if not proc.is_alive(other):
+                    raise ServiceError(f"{name} exited during start-up; see {other.log}",
+                                       f"read the log above; `llmops stack logs {name}` shows more")
+            time.sleep(0.2)
+        raise ServiceError(f"{spec.name} did not become healthy within {self.cfg.service_timeout_s:.0f}s "
+                           f"({spec.url})", f"read {rec.log}, or raise service_timeout_s")
+
+    def _ensure_buckets(self) -> None:
+        s3 = self.ep.s3_client()
+        have = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+        for bucket in self.cfg.buckets:
+            if bucket not in have:
+                s3.create_bucket(Bucket=bucket)
+
+    def _prefect_setup_needed(self, server_restarted: bool) -> bool:
+        digest = hashlib.sha256((svc.REPO_ROOT / "prefect.yaml").read_bytes()).hexdigest()
+        return server_restarted or self._load().get("prefect_yaml_sha256") != digest
+
+    def _prefect_setup(self, say: Say) -> None:
+        """Create the process work pool and register every deployment of prefect.yaml."""
+        env = {**_base_env(), **svc.prefect_env(self.cfg, self.ep)}
+        prefect = svc.which("prefect")
+        for argv in ([prefect, "work-pool", "create", self.cfg.work_pool, "--type", "process", "--overwrite"],
+                     [prefect, "--no-prompt", "deploy", "--all"]):
+            r = subprocess.run(argv, cwd=svc.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                raise ServiceError(f"`{' '.join(argv[1:])}` failed:\n{(r.stdout + r.stderr)[-2000:]}",
+                                   "fix prefect.yaml (the error names the deployment) and run `llmops stack up`")
+        digest = hashlib.sha256((svc.REPO_ROOT / "prefect.yaml").read_bytes()).hexdigest()
+        self._save(self._records(), prefect_yaml_sha256=digest)
+        say(f"  prefect: work pool {self.cfg.work_pool!r}, deployments from prefect.yaml registered")
+
+    def _ensure_nodes(self, say: Say) -> None:
+        """Keep live nodes (re-adding them if HAProxy restarted), drop dead ones, start the missing ones."""
+        pool = self.pool()
+        in_lb = {s.name for s in pool.lb.servers(pool.backend)}
+        for node in pool.nodes():
+            rec = node.process()
+            if rec is None or not proc.is_alive(rec) or node.status != NodeStatus.SERVING:
+                if rec is not None:
+                    proc.stop(rec)
+                pool._forget(node.name)
+            elif node.name not in in_lb:
+                pool.lb.add_server(pool.backend, node.name, node.host, node.port, weight=node.weight)
+        pool.write_targets()
+        while len(pool.nodes()) < self.cfg.serving.replicas:
+            t = time.monotonic()
+            node = pool.add_node(self.cfg.model.alias, engine=self.cfg.serving.engine.value)
+            say(f"  node {node.name} serving v{node.version} at {node.url} (ready in {time.monotonic() - t:.1f}s)")
+
+    def _stop_new_nodes(self, before: set[str]) -> None:
+        pool = self.pool()
+        for node in pool.nodes():
+            if node.name not in before:
+                rec = node.process()
+                if rec is not None:
+                    proc.stop(rec)
+                pool._forget(node.name)
+
+    # ---- down / status / logs ----------------------------------------------------------------
+    def down(self, say: Say = print, purge: bool = False) -> None:
+        """Stop every node and service this stack started (by recorded pid), in reverse order."""
+        pool = self.pool()
+        for node in pool.nodes():
+            rec = node.process()
+            if rec is not None:
+                proc.stop(rec)
+                say(f"  stopped {node.name}")
+            pool._forget(node.name)
+        pool.write_targets()
+        records = self._records()
+        for name in reversed(ORDER):
+            rec = records.pop(name, None)
+            if rec is not None:
+                was_alive = proc.is_alive(rec)
+                proc.stop(rec, timeout_s=10)
+                if was_alive:
+                    say(f"  stopped {name}")
+        self._save(records)
+        if self.ep.haproxy_socket.exists():
+            self.ep.haproxy_socket.unlink()
+        (self.cfg.state_dir / "endpoints.json").unlink(missing_ok=True)
+        if purge:
+            shutil.rmtree(self.cfg.state_dir, ignore_errors=True)
+
+    def status(self) -> list[ServiceStatus]:
+        records = self._records()
+        specs = {s.name: s for s in svc.all_services(self.cfg, self.ep)}
+        out = []
+        for name in ORDER:
+            rec = records.get(name)
+            alive = rec is not None and proc.is_alive(rec)
+            out.append(ServiceStatus(name, specs[name].url, alive, alive and specs[name].health(),
+                                     proc.tree_rss(rec) / 2**20 if rec and alive else 0.0,
+                                     rec.pid if rec else None))
+        for node in self.pool().nodes():
+            rec = node.process()
+            alive = rec is not None and proc.is_alive(rec)
+            healthy = alive and svc.http_ok(f"{node.url}/health")
+            out.append(ServiceStatus(f"{node.name} (v{node.version})", node.url, alive, healthy,
+                                     proc.tree_rss(rec) / 2**20 if rec and alive else 0.0,
+                                     rec.pid if rec else None))
+        return out
+
+    def log_path(self, service: str) -> Path:
+        if service in ORDER:
+            return self.cfg.state_dir / "logs" / f"{service}.log"
+        node = self.cfg.state_dir / "nodes" / service / "node.log"
+        if node.is_file():
+            return node
+        raise ServiceError(f"no service or node named {service!r}", f"use one of {', '.join(ORDER)} or a node name")
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}

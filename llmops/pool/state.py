@@ -1,0 +1,73 @@
+"""Pool state persisted in the state directory, so a crashed flow can resume and `down` stops every node."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from llmops.proc import ProcRecord
+
+
+class NodeStatus(str, Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class NodeRecord(BaseModel):
+    """One serving node: where it listens, what it serves, which process it is."""
+
+    name: str
+    model: str
+    engine: str
+    version: str
+    sha256: str
+    host: str
+    port: int
+    weight: int = 100
+    status: NodeStatus = NodeStatus.STARTING
+    proc: dict[str, object] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def process(self) -> ProcRecord | None:
+        return ProcRecord.from_json(self.proc) if self.proc else None
+
+
+class PoolState(BaseModel):
+    nodes: dict[str, NodeRecord] = {}
+    next_id: int = 1
+
+
+class PoolStore:
+    """JSON file of the pool, read-modify-written under an exclusive file lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def read(self) -> PoolState:
+        if not self.path.is_file():
+            return PoolState()
+        return PoolState.model_validate(json.loads(self.path.read_text()))
+
+    @contextmanager
+    def update(self) -> Iterator[PoolState]:
+        """Yield the state for modification; it is written back atomically when the block ends."""
+        with (self.path.with_suffix(".lock")).open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self.read()
+            yield state
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(state.model_dump_json(indent=2))
+            tmp.replace(self.path)

@@ -1,0 +1,153 @@
+"""Processes started by llmops: launched in their own session, recorded, stopped exactly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+from llmops.errors import ServiceError
+
+
+@dataclass(frozen=True)
+class ProcRecord:
+    """What identifies a started process: pid plus its start time, so a reused pid is never killed."""
+
+    pid: int
+    create_time: float
+    argv: tuple[str, ...]
+    log: str
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, object]) -> ProcRecord:
+        return cls(int(d["pid"]), float(d["create_time"]), tuple(d["argv"]), str(d["log"]))  # type: ignore[arg-type]
+
+
+def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
+          cwd: Path | None = None) -> ProcRecord:
+    """Start `argv` in a new session (its own process group), output appended to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        out.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {' '.join(argv)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True)
+    return ProcRecord(proc.pid, psutil.Process(proc.pid).create_time(), tuple(argv), str(log))
+
+
+def _process(rec: ProcRecord) -> psutil.Process | None:
+    try:
+        p = psutil.Process(rec.pid)
+        if abs(p.create_time() - rec.create_time) > 0.5 or p.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return p
+    except psutil.Error:
+        return None
+
+
+def is_alive(rec: ProcRecord) -> bool:
+    """True while the recorded process (same pid and start time) runs."""
+    return _process(rec) is not None
+
+
+def tree_rss(rec: ProcRecord) -> int:
+    """Resident memory in bytes of the process and its children."""
+    p = _process(rec)
+    if p is None:
+        return 0
+    total = 0
+    for q in [p, *p.children(recursive=True)]:
+        try:
+            total += q.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def stop(rec: ProcRecord, timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Stop the process and everything in its session: `sig` (twice), then SIGKILL after `timeout_s`.
+
+    A Prefect worker ignores the first SIGTERM, hence the second signal half-way through.
+    """
+    p = _process(rec)
+    if p is None:
+        return
+    members = [p, *p.children(recursive=True)]
+    try:
+        os.killpg(rec.pid, sig)
+    except ProcessLookupError:
+        pass
+    _, alive = psutil.wait_procs(members, timeout=timeout_s / 2)
+    if alive:
+        for q in alive:
+            _signal(q, sig)
+        _, alive = psutil.wait_procs(alive, timeout=timeout_s / 2)
+    for q in alive:
+        _signal(q, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=5)
+
+
+def _signal(p: psutil.Process, sig: int) -> None:
+    try:
+        p.send_signal(sig)
+    except psutil.Error:
+        pass
+
+
+def port_owner(port: int) -> str:
+    """Describe who listens on `port` (pid and command), or '' when it is free."""
+    try:
+        for c in psutil.net_connections(kind="tcp"):
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN:
+                if c.pid:
+                    try:
+                        return f"pid {c.pid} ({' '.join(psutil.Process(c.pid).cmdline()[:3])})"
+                    except psutil.Error:
+                        return f"pid {c.pid}"
+                return "another process"
+    except psutil.Error:
+        pass
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Servers bind with SO_REUSEADDR, so connections in TIME_WAIT do not make a port busy.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return "another process"
+    return ""
+
+
+def ensure_port_free(port: int, service: str) -> None:
+    """Raise a ServiceError naming the port, the service and the owner if `port` is taken."""
+    owner = port_owner(port)
+    if owner:
+        raise ServiceError(f"port {port} needed by {service} is in use by {owner}",
+                           f"stop that process or give {service} another port in the stack config (ports:)")
+
+
+def free_port(start: int, taken: set[int] | None = None, limit: int = 500) -> int:
+    """First port >= `start` nobody listens on and not in `taken`."""
+    taken = taken or set()
+    for port in range(start, start + limit):
+        if port not in taken and not port_owner(port):
+            return port
+    raise ServiceError(f"no free port in {start}-{start + limit}", "free some ports or change ports.node_base")
+
+
+def tail(path: str | Path, lines: int = 30) -> str:
+    """Last `lines` lines of a log file ('' if it does not exist)."""
+    p = Path(path)
+    if not p.is_file():
+        return ""
+    data = p.read_bytes()[-65536:].decode(errors="replace").splitlines()
+    return "\n".join(data[-lines:])

@@ -1,0 +1,92 @@
+"""The smoke journey: gateway completion, Prometheus metric, a deployed flow run reaching MLflow and S3."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from llmops.endpoints import Endpoints
+from llmops.errors import ServiceError
+from llmops.prefect_api import PrefectApi
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    answer: str
+    completion_s: float
+    gateway_requests: float
+    flow_run_id: str
+    flow_run_url: str
+    mlflow_run_id: str
+    s3_key: str
+
+
+def chat(ep: Endpoints, question: str, max_tokens: int = 40) -> tuple[str, str]:
+    """One chat completion through the gateway with the `openai` client; returns (answer, serving version)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{ep.gateway_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    raw = client.chat.completions.with_raw_response.create(
+        model=ep.model_name, messages=[{"role": "user", "content": question}], max_tokens=max_tokens,
+        temperature=0)
+    resp = raw.parse()
+    return resp.choices[0].message.content or "", raw.headers.get("x-llmops-model-version", "")
+
+
+def prom_query(ep: Endpoints, expr: str) -> float | None:
+    """Instant query; the sum of the result vector, or None when it is empty."""
+    r = httpx.get(f"{ep.prometheus_url}/api/v1/query", params={"query": expr}, timeout=10)
+    r.raise_for_status()
+    result = r.json()["data"]["result"]
+    return sum(float(s["value"][1]) for s in result) if result else None
+
+
+def wait_metric(ep: Endpoints, expr: str, minimum: float, timeout_s: float = 30) -> float:
+    deadline = time.monotonic() + timeout_s
+    value = None
+    while time.monotonic() < deadline:
+        value = prom_query(ep, expr)
+        if value is not None and value >= minimum:
+            return value
+        time.sleep(0.5)
+    raise ServiceError(f"Prometheus: `{expr}` is {value}, expected >= {minimum} within {timeout_s:.0f}s",
+                       f"check the scrape targets at {ep.prometheus_url}/targets")
+
+
+def run_smoke(ep: Endpoints, say: Say = print) -> SmokeResult:
+    """Walk the smoke journey against a running stack; raise ServiceError at the first broken step."""
+    t = time.monotonic()
+    question = "What is the capital of France? Answer in one sentence."
+    answer, version = chat(ep, question)
+    completion_s = time.monotonic() - t
+    say(f"  gateway: {question!r} -> {answer!r} (v{version}, {completion_s:.2f}s)")
+    if "paris" not in answer.lower():
+        raise ServiceError(f"the model's answer {answer!r} does not mention Paris", "read the node log")
+    backend = f"llm_{ep.model_name.replace('-', '_')}"
+    n = wait_metric(ep, f'haproxy_backend_http_requests_total{{proxy="{backend}"}}', 1)
+    say(f"  prometheus: haproxy_backend_http_requests_total{{proxy={backend!r}}} = {n:g}")
+
+    api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
+    run_id = api.run_deployment("smoke", "smoke", {"message": "smoke journey"})
+    say(f"  prefect: flow run {api.run_link(run_id)}")
+    st = api.wait(run_id, timeout_s=180)
+    if st.state != "COMPLETED":
+        raise ServiceError(f"smoke flow run {st.name} ended {st.state}: {st.message}",
+                           f"open {api.run_link(run_id)} for its logs")
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(ep.mlflow_url)
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{run_id}'") if exp else []
+    if not runs:
+        raise ServiceError(f"no MLflow run tagged with flow run {run_id}", f"see {api.run_link(run_id)}")
+    key = f"smoke/{run_id}.json"
+    ep.s3_client().head_object(Bucket="llmops", Key=key)
+    say(f"  mlflow: run {runs[0].info.run_id} in experiment 'smoke'; s3: s3://llmops/{key}")
+    return SmokeResult(answer, completion_s, n, run_id, api.run_link(run_id), runs[0].info.run_id, key)

@@ -1,0 +1,95 @@
+"""Configuration of the local stack (`llmops stack up --config configs/stack.yaml`)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from llmops.config import StrictModel, load_config
+
+DEFAULT_STACK_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "stack.yaml"
+
+
+class Engine(str, Enum):
+    """Serving engine of a node: LMDeploy on GPU hosts, `transformers serve` on CPU hosts."""
+
+    TRANSFORMERS = "transformers"
+    LMDEPLOY = "lmdeploy"
+
+
+class Ports(StrictModel):
+    """Loopback ports of each service. SeaweedFS also uses the 7 ports after `s3` internally."""
+
+    s3: int = Field(8333, ge=1024, le=65000)
+    mlflow: int = Field(5000, ge=1024, le=65535)
+    prefect: int = Field(4200, ge=1024, le=65535)
+    prometheus: int = Field(9090, ge=1024, le=65535)
+    alertmanager: int = Field(9093, ge=1024, le=65535)
+    gateway: int = Field(8080, ge=1024, le=65535)
+    haproxy_stats: int = Field(8404, ge=1024, le=65535)
+    node_base: int = Field(8100, ge=1024, le=65000)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Ports:
+        used = [p for name, p in self if name != "node_base"]
+        used += [self.s3 + i for i in range(1, 8)]
+        dupes = sorted({p for p in used if used.count(p) > 1})
+        if dupes:
+            raise ValueError(f"ports must be distinct (SeaweedFS also takes s3+1..s3+7); clash on {dupes}")
+        return self
+
+
+class ModelSettings(StrictModel):
+    """Which model the stack serves: its registered name is also the OpenAI `model` field."""
+
+    name: str = Field("support-assistant", pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
+    alias: str = Field("champion", pattern=r"^[a-z][a-z0-9_-]*$")
+
+
+class ServingSettings(StrictModel):
+    """The node pool the stack starts."""
+
+    engine: Engine = Engine.TRANSFORMERS
+    replicas: int = Field(1, ge=0, le=16)
+    cb_num_blocks: int = Field(128, ge=8)
+    cb_block_size: int = Field(32, ge=8)
+    torch_threads: int = Field(1, ge=1, le=64)
+    start_timeout_s: float = Field(180.0, gt=0)
+
+
+class StackConfig(StrictModel):
+    """Everything `llmops stack up` needs. Every key has a default; see README.md#configuration."""
+
+    state_dir: Path = Path(".llmops")
+    host: str = "127.0.0.1"
+    ports: Ports = Ports()
+    model: ModelSettings = ModelSettings()
+    serving: ServingSettings = ServingSettings()
+    buckets: tuple[str, ...] = ("mlflow", "llmops")
+    scrape_interval_s: float = Field(2.0, ge=0.5, le=60)
+    service_timeout_s: float = Field(90.0, gt=0)
+    work_pool: str = Field("local", pattern=r"^[a-z0-9][a-z0-9-]*$")
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, v: str) -> str:
+        if v not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("the local stack binds to loopback only: use 127.0.0.1")
+        return v
+
+    @field_validator("buckets")
+    @classmethod
+    def _bucket_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if "mlflow" not in v or "llmops" not in v:
+            raise ValueError("buckets must include 'mlflow' (artifacts) and 'llmops' (datasets, feedback)")
+        return v
+
+
+def load_stack_config(path: str | Path | None = None, state_dir: str | Path | None = None) -> StackConfig:
+    """Load the stack config; `state_dir` overrides the file's value (CLI `--state-dir`)."""
+    cfg = load_config(path or DEFAULT_STACK_CONFIG, StackConfig)
+    if state_dir is not None:
+        cfg = cfg.model_copy(update={"state_dir": Path(state_dir)})
+    return cfg.model_copy(update={"state_dir": cfg.state_dir.resolve()})
