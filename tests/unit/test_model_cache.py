@@ -1,0 +1,100 @@
+"""The content-addressed model cache never hands out unverified content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmops.errors import IntegrityError
+from llmops.hashing import dir_manifest, dir_sha256
+from llmops.model_cache import ModelCache
+
+
+def make_model(d: Path, weights: bytes = b"weights") -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text('{"a": 1}')
+    (d / "sub").mkdir(exist_ok=True)
+    (d / "sub" / "model.safetensors").write_bytes(weights)
+    return d
+
+
+def copier(src: Path):
+    calls: list[Path] = []
+
+    def fetch(dest: Path) -> None:
+        calls.append(dest)
+        for p in src.rglob("*"):
+            target = dest / p.relative_to(src)
+            if p.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(p.read_bytes())
+
+    return fetch, calls
+
+
+def test_digest_changes_with_content_name_and_membership(tmp_path: Path) -> None:
+    d = make_model(tmp_path / "m")
+    base = dir_sha256(d)
+    assert dir_sha256(d) == base
+    (d / "sub" / "model.safetensors").write_bytes(b"weightz")
+    assert dir_sha256(d) != base
+    (d / "sub" / "model.safetensors").write_bytes(b"weights")
+    assert dir_sha256(d) == base
+    (d / "config.json").rename(d / "config2.json")
+    assert dir_sha256(d) != base
+    (d / "config2.json").rename(d / "config.json")
+    (d / "extra.txt").write_text("x")
+    assert dir_sha256(d) != base
+    (d / "extra.txt").unlink()
+    (d / ".hidden").write_text("ignored")
+    assert dir_sha256(d) == base
+    assert set(dir_manifest(d)) == {"config.json", "sub/model.safetensors"}
+
+
+def test_miss_fetches_and_verifies_then_hit_does_not_fetch(tmp_path: Path) -> None:
+    src = make_model(tmp_path / "src")
+    digest = dir_sha256(src)
+    cache = ModelCache(tmp_path / "cache")
+    fetch, calls = copier(src)
+    first = cache.get(digest, fetch)
+    assert first.fetched and first.path == cache.path_for(digest) and len(calls) == 1
+    second = cache.get(digest, fetch)
+    assert not second.fetched and len(calls) == 1
+    assert dir_sha256(second.path) == digest
+
+
+def test_corrupt_cached_copy_is_replaced(tmp_path: Path) -> None:
+    src = make_model(tmp_path / "src")
+    digest = dir_sha256(src)
+    cache = ModelCache(tmp_path / "cache")
+    fetch, calls = copier(src)
+    cached = cache.get(digest, fetch)
+    (cached.path / "sub" / "model.safetensors").write_bytes(b"bit rot")
+    again = cache.get(digest, fetch)
+    assert again.fetched and len(calls) == 2
+    assert (again.path / "sub" / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_fetch_with_wrong_content_raises_and_keeps_nothing(tmp_path: Path) -> None:
+    src = make_model(tmp_path / "src")
+    wrong = dir_sha256(make_model(tmp_path / "other", b"other weights"))
+    cache = ModelCache(tmp_path / "cache")
+    fetch, _ = copier(src)
+    with pytest.raises(IntegrityError, match="expected"):
+        cache.get(wrong, fetch)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_failed_fetch_leaves_no_partial_directory(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path / "cache")
+
+    def broken(dest: Path) -> None:
+        (dest / "half").write_text("partial")
+        raise ConnectionError("network down")
+
+    with pytest.raises(ConnectionError):
+        cache.get("0" * 64, broken)
+    assert list((tmp_path / "cache").iterdir()) == []

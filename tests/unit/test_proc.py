@@ -1,0 +1,67 @@
+"""Process control: a stopped service leaves no process behind; busy ports are named."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from llmops import proc
+from llmops.errors import ServiceError
+
+CHILD = "import subprocess,time; subprocess.Popen(['sleep','60']); time.sleep(60)"
+STUBBORN = "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+
+
+def test_stop_kills_the_process_and_its_children(tmp_path: Path) -> None:
+    rec = proc.spawn([sys.executable, "-c", CHILD], tmp_path / "a.log")
+    time.sleep(0.5)
+    children = psutil.Process(rec.pid).children(recursive=True)
+    assert children, "the child was not started"
+    proc.stop(rec, timeout_s=4)
+    assert not proc.is_alive(rec)
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path: Path) -> None:
+    rec = proc.spawn([sys.executable, "-c", STUBBORN], tmp_path / "b.log")
+    deadline = time.monotonic() + 10
+    while "up" not in proc.tail(rec.log) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t = time.monotonic()
+    proc.stop(rec, timeout_s=2)
+    assert not proc.is_alive(rec)
+    assert time.monotonic() - t < 8
+
+
+def test_a_reused_pid_is_not_ours(tmp_path: Path) -> None:
+    rec = proc.spawn([sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "c.log")
+    fake = proc.ProcRecord(rec.pid, rec.create_time - 100, rec.argv, rec.log)
+    assert proc.is_alive(rec) and not proc.is_alive(fake)
+    proc.stop(fake)  # must not touch the real process
+    assert proc.is_alive(rec)
+    proc.stop(rec)
+
+
+def test_busy_port_error_names_port_service_and_owner() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ServiceError) as exc:
+            proc.ensure_port_free(port, "mlflow")
+        msg = str(exc.value)
+        assert f"port {port}" in msg and "mlflow" in msg and "pid" in msg and "fix:" in msg
+        assert proc.free_port(port) != port
+    proc.ensure_port_free(port, "mlflow")
+
+
+def test_log_tail_returns_last_lines(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("\n".join(str(i) for i in range(100)))
+    assert proc.tail(log, 3) == "97\n98\n99"
+    assert proc.tail(tmp_path / "missing.log") == ""
