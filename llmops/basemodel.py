@@ -59,10 +59,10 @@ def convert_base_model(out_dir: Path) -> BaseModelFiles:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
         # A model loaded from GGUF carries a quantizer that refuses to save; it is dequantised already.
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)  # noqa: B010 - nn.Module.__setattr__ is typed for tensors only
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.is_quantized = False
+        setattr(model, "is_quantized", False)  # noqa: B010
         model.save_pretrained(out_dir, safe_serialization=True)
         tok.save_pretrained(out_dir)
         (out_dir / "llmops_source.json").write_text(json.dumps(

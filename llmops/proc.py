@@ -30,7 +30,9 @@ class ProcRecord:
 
     @classmethod
     def from_json(cls, d: Mapping[str, object]) -> ProcRecord:
-        return cls(int(d["pid"]), float(d["create_time"]), tuple(d["argv"]), str(d["log"]))  # type: ignore[arg-type]
+        argv = d["argv"]
+        assert isinstance(argv, (list, tuple))
+        return cls(int(str(d["pid"])), float(str(d["create_time"])), tuple(str(a) for a in argv), str(d["log"]))
 
 
 def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,

@@ -89,8 +89,9 @@ class MlflowRegistry:
     def register_directory(self, name: str, directory: Path, run_id: str | None,
                            tags: dict[str, str]) -> ModelVersionRef:
         """Upload `directory` as artifacts of `run_id` (a new run if None) and register it."""
-        import mlflow
         from mlflow.exceptions import MlflowException
+
+        import mlflow
 
         sha = dir_sha256(directory)
         mlflow.set_tracking_uri(self.tracking_uri)

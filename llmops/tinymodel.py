@@ -22,7 +22,8 @@ _CORPUS = [
 ] * 20
 
 
-def build_tiny_model(out_dir: Path, hidden: int = 64, layers: int = 2, vocab: int = 512, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: Path, hidden: int = 64, layers: int = 2, vocab: int = 512,
+                     seed: int = 0) -> Path:
     """Write a random `LlamaForCausalLM` (bf16 safetensors) and its BPE tokenizer to `out_dir`.
 
     Args:
@@ -57,7 +58,8 @@ def build_tiny_model(out_dir: Path, hidden: int = 64, layers: int = 2, vocab: in
                       num_key_value_heads=max(1, hidden // 32), max_position_embeddings=512,
                       bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
                       pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model = LlamaForCausalLM(cfg)
+    model = model.to(dtype=torch.bfloat16)  # type: ignore[call-arg]
     model.generation_config.eos_token_id = fast.eos_token_id
     model.generation_config.pad_token_id = fast.pad_token_id
     model.save_pretrained(out_dir, safe_serialization=True)

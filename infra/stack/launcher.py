@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.stack import services as svc
 from llmops import proc
 from llmops.basemodel import ensure_base_registered
 from llmops.endpoints import Endpoints
@@ -22,8 +23,6 @@ from llmops.pool.manager import Pool
 from llmops.pool.state import NodeStatus, PoolStore
 from llmops.registry import MlflowRegistry
 from llmops.stackconfig import StackConfig
-
-from infra.stack import services as svc
 
 FIRST_WAVE = ("s3", "prefect", "prometheus", "alertmanager", "gateway")
 ORDER = (*FIRST_WAVE, "mlflow", "worker")
@@ -55,7 +54,9 @@ class Stack:
         return {"services": {}}
 
     def _records(self) -> dict[str, proc.ProcRecord]:
-        return {k: proc.ProcRecord.from_json(v) for k, v in self._load()["services"].items()}  # type: ignore[union-attr]
+        services = self._load()["services"]
+        assert isinstance(services, dict)
+        return {k: proc.ProcRecord.from_json(v) for k, v in services.items()}
 
     def _save(self, records: dict[str, proc.ProcRecord], **extra: object) -> None:
         data = self._load()

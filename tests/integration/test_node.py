@@ -1,4 +1,4 @@
-"""A serving node on the tiny model: the real `transformers serve` with metrics, version header and hash check."""
+"""A node on the tiny model: the real `transformers serve` with metrics, version header and hash check."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ from llmops import proc
 from llmops.errors import ServiceError
 
 CHILD = "import subprocess,time; subprocess.Popen(['sleep','60']); time.sleep(60)"
-STUBBORN = "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+STUBBORN = ("import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+            "time.sleep(60)")
 
 
 def test_stop_kills_the_process_and_its_children(tmp_path: Path) -> None:
