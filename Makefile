@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/llmops demo
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest tests -v --durations=15
 
 test-unit: install
@@ -39,7 +39,7 @@ test-integration: install
 	$(BIN)/python -m pytest tests/integration -v
 
 lint: install
-	$(BIN)/ruff check llmops flows tasks infra tests bench
+	$(BIN)/ruff check llmops flows tasks infra tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
