@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -77,26 +78,52 @@ def tree_rss(rec: ProcRecord) -> int:
 
 
 def stop(rec: ProcRecord, timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> None:
-    """Stop the process and everything in its session: `sig` (twice), then SIGKILL after `timeout_s`.
+    """Stop the process and everything in its session (see `stop_all`)."""
+    stop_all([rec], timeout_s, sig)
 
-    A Prefect worker ignores the first SIGTERM, hence the second signal half-way through.
-    """
-    p = _process(rec)
-    if p is None:
-        return
-    members = [p, *p.children(recursive=True)]
-    try:
-        os.killpg(rec.pid, sig)
-    except ProcessLookupError:
-        pass
-    _, alive = psutil.wait_procs(members, timeout=timeout_s / 2)
-    if alive:
-        for q in alive:
-            _signal(q, sig)
-        _, alive = psutil.wait_procs(alive, timeout=timeout_s / 2)
+
+def stop_all(recs: list[ProcRecord], timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Stop several processes and their sessions at once: `sig` to each group, `sig` again half-way
+    (a Prefect worker ignores the first SIGTERM), SIGKILL to whatever is left after `timeout_s`."""
+    members: list[psutil.Process] = []
+    for rec in recs:
+        p = _process(rec)
+        if p is None:
+            continue
+        members += [p, *p.children(recursive=True)]
+        try:
+            os.killpg(rec.pid, sig)
+        except ProcessLookupError:
+            pass
+    alive = _wait_gone(members, timeout_s / 2)
+    for q in alive:
+        _signal(q, sig)
+    alive = _wait_gone(alive, timeout_s / 2)
     for q in alive:
         _signal(q, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=5)
+    _wait_gone(alive, 5)
+
+
+def _gone(p: psutil.Process) -> bool:
+    try:
+        if p.status() == psutil.STATUS_ZOMBIE:
+            # Not our child: its parent (or init) reaps it; try, in case it is ours.
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(p.pid, os.WNOHANG)
+            return True
+        return not p.is_running()
+    except psutil.Error:
+        return True
+
+
+def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Poll every 50 ms until all of `procs` have exited (zombies count as exited); returns the rest."""
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in procs if not _gone(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if not _gone(p)]
+    return alive
 
 
 def _signal(p: psutil.Process, sig: int) -> None:

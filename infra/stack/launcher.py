@@ -107,16 +107,20 @@ class Stack:
                 if name in to_start:
                     start(name)
             self._wait(specs["s3"], records)
+            timings["s3_ready_s"] = time.monotonic() - t0
             self._ensure_buckets()
             if "mlflow" in to_start:
                 start("mlflow")
             self._wait(specs["prefect"], records)
+            timings["prefect_ready_s"] = time.monotonic() - t0
             if self._prefect_setup_needed("prefect" in started):
                 self._prefect_setup(say)
+                timings["prefect_deployed_s"] = time.monotonic() - t0
             if "worker" in to_start:
                 start("worker")
             for name in ("prometheus", "alertmanager", "gateway", "mlflow", "worker"):
                 self._wait(specs[name], records)
+                timings[f"{name}_ready_s"] = time.monotonic() - t0
             timings["services_s"] = time.monotonic() - t0
             self.ep.save()
             t1 = time.monotonic()
@@ -211,22 +215,24 @@ class Stack:
     def down(self, say: Say = print, purge: bool = False) -> None:
         """Stop every node and service this stack started (by recorded pid), in reverse order."""
         pool = self.pool()
-        for node in pool.nodes():
-            rec = node.process()
-            if rec is not None:
-                proc.stop(rec)
-                say(f"  stopped {node.name}")
+        nodes = pool.nodes()
+        proc.stop_all([r for r in (n.process() for n in nodes) if r is not None])
+        for node in nodes:
+            say(f"  stopped {node.name}")
             pool._forget(node.name)
         pool.write_targets()
         records = self._records()
-        for name in reversed(ORDER):
-            rec = records.pop(name, None)
-            if rec is not None:
-                was_alive = proc.is_alive(rec)
-                proc.stop(rec, timeout_s=10)
-                if was_alive:
-                    say(f"  stopped {name}")
-        self._save(records)
+        # The worker first, so it takes no new flow run; then every service at once.
+        if "worker" in records:
+            proc.stop(records.pop("worker"), timeout_s=10)
+            say("  stopped worker")
+        alive = [name for name, rec in records.items() if proc.is_alive(rec)]
+        # SeaweedFS takes ~15 s to finish a graceful gRPC stop after it has stopped serving; its filer
+        # store (leveldb) is crash-safe, so it gets 6 s like the others before SIGKILL.
+        proc.stop_all(list(records.values()), timeout_s=6)
+        for name in alive:
+            say(f"  stopped {name}")
+        self._save({})
         if self.ep.haproxy_socket.exists():
             self.ep.haproxy_socket.unlink()
         (self.cfg.state_dir / "endpoints.json").unlink(missing_ok=True)

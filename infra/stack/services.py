@@ -119,7 +119,9 @@ def seaweedfs(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
             f"-master.port={s + 1}", f"-master.port.grpc={s + 2}", f"-volume.port={s + 3}",
             f"-volume.port.grpc={s + 4}", "-filer", f"-filer.port={s + 5}", f"-filer.port.grpc={s + 6}",
             "-s3", f"-s3.port={s}", f"-s3.port.grpc={s + 7}", f"-s3.config={s3cfg}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0", "-master.volumeSizeLimitMB=256"]
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.preStopSeconds=0",
+            # One master: a restart need not wait the default 10 s raft election timeout.
+            "-master.electionTimeout=1s", "-volume.max=0", "-master.volumeSizeLimitMB=256"]
     # Without credentials S3 answers 403: that proves the API is up.
     return ServiceSpec("s3", argv, [s + i for i in range(8)], ep.s3_url,
                        lambda: http_ok(f"{ep.s3_url}/", expect=(403,)))
