@@ -1,0 +1,1 @@
+"""Data collection: feedback records, curated files, validation, splits and dataset versions."""

@@ -1,0 +1,1 @@
+"""Evaluation: batched greedy generation, local HF `evaluate` metrics, the promotion gate."""
