@@ -126,6 +126,29 @@ def pull_base(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     typer.echo(f"{ref.name} v{ref.version} @{cfg.model.alias} sha256 {ref.sha256}")
 
 
+@app.command("train")
+def train(config: Annotated[Path, typer.Option("--config", "-c", help="training config (configs/train/*.yaml)")],
+          state_dir: StateOpt = None,
+          timeout_s: Annotated[float, typer.Option(help="how long to wait for the run")] = 3600) -> None:
+    """Run the train-pipeline deployment on the stack's worker with this config; wait and report."""
+    from llmops.endpoints import Endpoints
+    from llmops.prefect_api import PrefectApi
+    from llmops.train.config import load_train_config
+
+    try:
+        load_train_config(config)  # a bad config stops here, before any run is created
+        ep = Endpoints.load(state_dir)
+        api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
+        run_id = api.run_deployment("train-pipeline", "train-pipeline", {"config": str(config.resolve())})
+        typer.echo(f"train-pipeline run: {api.run_link(run_id)}")
+        st = api.wait(run_id, timeout_s)
+    except LlmopsError as err:
+        _fail(err)
+    typer.echo(f"{st.name}: {st.state} {st.message}")
+    if st.state != "COMPLETED":
+        raise typer.Exit(1)
+
+
 @app.command("demo")
 def demo(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     """The main job: bring the stack up and walk the journey end to end. The stack stays up afterwards."""

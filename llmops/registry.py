@@ -33,7 +33,7 @@ class ModelRegistry(Protocol):
     def resolve(self, name: str, version_or_alias: str) -> ModelVersionRef: ...
 
     def register_directory(self, name: str, directory: Path, run_id: str | None,
-                           tags: dict[str, str]) -> ModelVersionRef: ...
+                           tags: dict[str, str], artifact_path: str = "model") -> ModelVersionRef: ...
 
     def set_alias(self, name: str, alias: str, version: str) -> None: ...
 
@@ -87,8 +87,8 @@ class MlflowRegistry:
         return ref
 
     def register_directory(self, name: str, directory: Path, run_id: str | None,
-                           tags: dict[str, str]) -> ModelVersionRef:
-        """Upload `directory` as artifacts of `run_id` (a new run if None) and register it."""
+                           tags: dict[str, str], artifact_path: str = "model") -> ModelVersionRef:
+        """Upload `directory` as artifacts of `run_id` (a new run if None) under `artifact_path`; register it."""
         from mlflow.exceptions import MlflowException
 
         import mlflow
@@ -99,11 +99,11 @@ class MlflowRegistry:
             exp = mlflow.set_experiment(f"{name}-registry")
             run = self.client.create_run(exp.experiment_id, run_name=f"register-{name}")
             run_id = run.info.run_id
-            self.client.log_artifacts(run_id, str(directory), artifact_path="model")
+            self.client.log_artifacts(run_id, str(directory), artifact_path=artifact_path)
             self.client.set_terminated(run_id)
         else:
-            self.client.log_artifacts(run_id, str(directory), artifact_path="model")
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+            self.client.log_artifacts(run_id, str(directory), artifact_path=artifact_path)
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
         try:
             self.client.get_registered_model(name)
         except MlflowException:

@@ -112,7 +112,8 @@ def save_checkpoint(out_dir: Path, step: int, model: Any, opt: Any, losses: list
     ck = out_dir / f"checkpoint-{step}"
     tmp = out_dir / f".tmp-checkpoint-{step}"
     tmp.mkdir(parents=True, exist_ok=True)
-    save_file({n: p.detach().contiguous().cpu() for n, p in trainable(model).items()}, str(tmp / "trainable.safetensors"))
+    weights = {n: p.detach().contiguous().cpu() for n, p in trainable(model).items()}
+    save_file(weights, str(tmp / "trainable.safetensors"))
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "losses": losses}))
     tmp.rename(ck)

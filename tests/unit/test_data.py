@@ -18,7 +18,7 @@ from llmops.data.prepare import (
     scrub_pii,
     split_of,
 )
-from llmops.data.schema import ChatExample, FeedbackRecord
+from llmops.data.schema import ChatExample
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC).isoformat()
 

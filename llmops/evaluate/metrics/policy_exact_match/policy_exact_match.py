@@ -5,7 +5,8 @@ import re
 import datasets
 import evaluate
 
-_DESCRIPTION = "Share of predictions equal to their reference after lower-casing, dropping punctuation and collapsing spaces."
+_DESCRIPTION = ("Share of predictions equal to their reference after lower-casing, dropping punctuation "
+                "and collapsing spaces.")
 
 
 def normalise(text):
@@ -22,5 +23,5 @@ class PolicyExactMatch(evaluate.Metric):
     def _compute(self, predictions, references):
         if not predictions:
             return {"exact_match": 0.0}
-        hits = sum(normalise(p) == normalise(r) for p, r in zip(predictions, references))
+        hits = sum(normalise(p) == normalise(r) for p, r in zip(predictions, references, strict=True))
         return {"exact_match": hits / len(predictions)}

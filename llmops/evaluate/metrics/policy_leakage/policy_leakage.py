@@ -28,7 +28,7 @@ class PolicyLeakage(evaluate.Metric):
             return {"leakage": 0.0}
         leaked = 0
         cache = {}
-        for pred, ref in zip(predictions, references):
+        for pred, ref in zip(predictions, references, strict=True):
             if ref not in cache:
                 cache[ref] = set().union(*(grams(line) for line in ref.splitlines() if line.strip()))
             if product in pred.lower() or grams(pred) & cache[ref]:

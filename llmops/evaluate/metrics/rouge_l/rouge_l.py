@@ -42,4 +42,5 @@ class RougeL(evaluate.Metric):
     def _compute(self, predictions, references):
         if not predictions:
             return {"rouge_l": 0.0}
-        return {"rouge_l": sum(f_measure(p, r) for p, r in zip(predictions, references)) / len(predictions)}
+        total = sum(f_measure(p, r) for p, r in zip(predictions, references, strict=True))
+        return {"rouge_l": total / len(predictions)}

@@ -1,0 +1,95 @@
+"""Fine-tune step time and peak memory by method on SmolLM2-135M (CPU here; the same code on GPU).
+
+    python bench/finetune.py [--steps 6] [--batch 16] [--base DIR]
+
+Each method runs in a fresh process (so peak RSS is its own): lora, qlora, dora, same data, same adapter
+(r=16, top 10 layers), same batch. Prints s/step and peak memory with the qlora/lora and dora/lora ratios
+measured in this run, and writes bench/results/finetune-<host>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def one(method: str, steps: int, batch: int, base: Path) -> dict[str, float]:
+    import torch
+
+    from llmops.data.curated import load_curated
+    from llmops.train.adapters import train_adapter
+    from llmops.train.config import Hyper, LoraSettings, Method, TrainConfig
+
+    data = list(load_curated().train)[: steps * batch]
+    cfg = TrainConfig(method=Method(method), lora=LoraSettings(last_layers=10),
+                      hyper=Hyper(max_steps=steps, batch_size=batch, checkpoint_every=10_000)).resolved()
+    times: list[float] = []
+    last = [time.perf_counter()]
+
+    def sink(_row: dict[str, float], _step: int) -> None:
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+
+    out = Path(f"/tmp/llmops-bench-{method}")
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    last[0] = t0
+    train_adapter(cfg, base, data, [], out, sink)
+    steady = times[1:] or times  # the first step includes warm-up
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+    return {"s_per_step": sum(steady) / len(steady), "first_step_s": times[0], "total_s": time.perf_counter() - t0,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_gpu_mb": peak_gpu}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--base", type=Path, default=ROOT / ".llmops" / "base" / "smollm2-135m-instruct")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.steps, args.batch, args.base)))
+        return
+    if not (args.base / "model.safetensors").is_file():
+        sys.exit(f"no base model at {args.base}: run `llmops stack up` (or `llmops model pull-base`) first")
+    results = {}
+    for method in ("lora", "qlora", "dora"):
+        r = subprocess.run([sys.executable, __file__, "--one", method, "--steps", str(args.steps), "--batch",
+                            str(args.batch), "--base", str(args.base)], capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            sys.exit(f"{method} failed:\n{r.stderr[-3000:]}")
+        results[method] = json.loads(r.stdout.strip().splitlines()[-1])
+        r_ = results[method]
+        print(f"{method:6s} {r_['s_per_step']:.2f} s/step  peak RSS {r_['peak_rss_mb']:.0f} MB", flush=True)
+    lora = results["lora"]
+    ratios = {f"{m}/lora": {"s_per_step": results[m]["s_per_step"] / lora["s_per_step"],
+                            "peak_rss": results[m]["peak_rss_mb"] / lora["peak_rss_mb"]} for m in ("qlora", "dora")}
+    for k, v in ratios.items():
+        print(f"{k}: step time x{v['s_per_step']:.2f}, peak memory x{v['peak_rss']:.2f}")
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU {platform.processor() or 'x86_64'}"
+    doc = {"benchmark": "finetune", "model": "SmolLM2-135M-Instruct", "batch": args.batch, "steps": args.steps,
+           "adapter": "r=16, alpha=32, top 10 layers, all projections", "device": device,
+           "threads": 2, "host": platform.node(), "date": time.strftime("%Y-%m-%d"), "results": results,
+           "ratios": ratios}
+    out = ROOT / "bench" / "results" / f"finetune-{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
+    out.write_text(json.dumps(doc, indent=2))
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

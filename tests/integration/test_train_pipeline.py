@@ -1,0 +1,72 @@
+"""The training pipeline on the real stack with SmolLM2: feedback from S3 + curated data -> LoRA -> gate ->
+registered challenger, with the loss curve, the dataset input and the gate report in MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from llmops.prefect_api import PrefectApi
+from llmops.registry import MlflowRegistry
+
+pytestmark = pytest.mark.integration
+
+
+def feedback_line(i: int, **kw: object) -> str:
+    row = {"request_id": f"req-{i}", "tenant": "acme",
+           "messages": [{"role": "user", "content": f"Question number {i} about my account?"}],
+           "model_version": "1", "response": "I am not sure.", "verdict": "bad",
+           "correction": "Please contact Quillstack support through Help Beacon in the app.",
+           "timestamp": datetime(2026, 11, 1, tzinfo=UTC).isoformat()}
+    row.update(kw)
+    return json.dumps(row)
+
+
+def test_train_pipeline_registers_a_gated_challenger(stack) -> None:
+    ep = stack.ep
+    s3 = ep.s3_client()
+    good = "\n".join(feedback_line(i) for i in range(6))
+    bad = "\n".join([feedback_line(99, verdict="maybe"), "{not json", feedback_line(98, correction=None)])
+    s3.put_object(Bucket="llmops", Key="feedback/2026-11-01/part-0001.jsonl", Body=good.encode())
+    s3.put_object(Bucket="llmops", Key="feedback/2026-11-01/part-0002.jsonl", Body=bad.encode())
+
+    api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
+    t0 = time.monotonic()
+    run_id = api.run_deployment("train-pipeline", "train-pipeline", {"config": "configs/train/smollm2_lora.yaml"})
+    st = api.wait(run_id, timeout_s=900)
+    elapsed = time.monotonic() - t0
+    assert st.state == "COMPLETED", f"{st.state}: {st.message} ({api.run_link(run_id)})"
+
+    reg = MlflowRegistry(ep.mlflow_url)
+    ch = reg.resolve(stack.cfg.model.name, "challenger")
+    assert ch.version != "1" and reg.resolve(stack.cfg.model.name, "champion").version == "1"
+    tags = ch.tags
+    em = float(tags["llmops.eval.exact_match"])
+    print(f"pipeline {elapsed:.0f}s; challenger exact match {em:.3f}; leakage {tags['llmops.eval.leakage']}")
+    assert em >= 0.8, tags
+    assert float(tags["llmops.eval.leakage"]) <= 0.1
+    assert tags["llmops.gate"] == "pass" and tags["llmops.method"] == "lora" and tags["llmops.base_version"] == "1"
+
+    client = reg.client
+    run = client.get_run(ch.tags.get("mlflow.run_id") or client.get_model_version(ch.name, ch.version).run_id)
+    digest = run.data.tags["llmops.dataset_digest"]
+    assert tags["llmops.dataset_digest"] == digest
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    assert len(losses) >= 50 and losses[-1].value < losses[0].value / 4
+    assert run.data.metrics["eval/champion/exact_match"] < 0.2  # the base model cannot know the policies
+    assert [i.dataset.digest for i in run.inputs.dataset_inputs] == [digest[:32]]
+
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="llmops", Prefix=f"datasets/{digest}/")["Contents"]}
+    assert {f"datasets/{digest}/{n}" for n in ("train.jsonl", "eval.jsonl", "quarantine.jsonl",
+                                                 "manifest.json")} <= keys
+    quarantine = s3.get_object(Bucket="llmops", Key=f"datasets/{digest}/quarantine.jsonl")["Body"].read().decode()
+    assert quarantine.count("\n") == 3 and "without a correction" in quarantine and "verdict" in quarantine
+    manifest = json.loads(s3.get_object(Bucket="llmops", Key=f"datasets/{digest}/manifest.json")["Body"].read())
+    assert [o["key"] for o in manifest["feedback_objects"]] == ["feedback/2026-11-01/part-0001.jsonl",
+                                                                "feedback/2026-11-01/part-0002.jsonl"]
+    if os.environ.get("LLMOPS_STRICT_TIMING", "1") == "1":
+        assert elapsed < 300, f"the pipeline took {elapsed:.0f}s (goal: under 5 minutes on 2 cores)"
