@@ -44,9 +44,8 @@ def train_pipeline_flow(config: str = "configs/train/smollm2_lora.yaml") -> dict
     inputs = snapshot_inputs(cfg.data)
     info = collect_dataset(cfg.data, inputs, cfg.hyper.seed)
     train, evaluation = load_split(info, "train"), load_split(info, "eval")
-    curated = load_curated(cfg.data.curated_dir or DEFAULT_DIR)
-    heldout, control = list(curated.heldout), list(curated.control)
-    policy_answers = [p.answer for p in curated.policies]
+    heldout, control = load_split(info, "heldout"), load_split(info, "control")  # the same version's files
+    policy_answers = [p.answer for p in load_curated(cfg.data.curated_dir or DEFAULT_DIR).policies]
 
     mlflow.set_experiment(f"{cfg.model_name}-training")
     with mlflow.start_run(run_name=f"{cfg.method.value}-{flow_run.get_name() or 'local'}") as run:

@@ -30,7 +30,8 @@ class CompletionLossModule(nn.Module):
         self.model = model
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return completion_loss(self.model, batch)  # type: ignore[no-any-return]
+        loss: torch.Tensor = completion_loss(self.model, batch)
+        return loss
 
 
 def shard(model: Any, launch: FsdpLaunch, offload: bool, device: torch.device) -> CompletionLossModule:
@@ -72,6 +73,17 @@ def local_numel(module: nn.Module) -> tuple[int, int]:
     return local, total
 
 
+def tied_aliases(model: nn.Module) -> list[str]:
+    """Names of parameters that are another parameter (tied LM head): save_pretrained must not write them."""
+    seen: set[int] = set()
+    dup = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            dup.append(name)
+        seen.add(id(p))
+    return dup
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Train on this rank; rank 0 saves the full model (bf16) and result.json.
 
@@ -98,9 +110,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     tok = AutoTokenizer.from_pretrained(args.base)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32)
     if cfg.full.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it (the old name warns); keep the old one for older releases
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
         model.config.use_cache = False
     offload = cfg.full.cpu_offload or launch.cpu_offload
     if not offload:
@@ -139,10 +152,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"step {step + 1}/{h.max_steps} loss {losses[-1]:.4f}", flush=True)
     seconds = time.monotonic() - t0
 
-    state = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state: dict[str, Any] = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     model_dir = Path(args.out) / "model"
     if rank == 0:
         sd = {k.removeprefix("model."): v.to(torch.bfloat16) for k, v in state.items()}
+        for name in tied_aliases(model):
+            sd.pop(name, None)
         model.config.dtype = torch.bfloat16
         model.save_pretrained(model_dir, state_dict=sd, safe_serialization=True)
         tok.save_pretrained(model_dir)

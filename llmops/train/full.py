@@ -115,7 +115,8 @@ def load_zero3_launch(path: Path) -> dict[str, Any]:
     try:
         ds = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: not a readable DeepSpeed JSON: {err}", "fix the file or full.launch_config")
+        raise ConfigError(f"{path}: not a readable DeepSpeed JSON: {err}",
+                          "fix the file or full.launch_config") from None
     stage = ds.get("zero_optimization", {}).get("stage")
     if stage != 3:
         raise ConfigError(f"{path}: zero_optimization.stage is {stage!r}, method full_zero3 needs 3",

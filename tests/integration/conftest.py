@@ -14,6 +14,11 @@ from llmops import proc
 from llmops.stackconfig import StackConfig, load_stack_config
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `stack_teardown` (they stop the shared stack) run after every other test."""
+    items.sort(key=lambda item: item.get_closest_marker("stack_teardown") is not None)
+
+
 def free_ports_config(state_dir: Path, **extra: object) -> dict[str, object]:
     """A stack config whose every port (SeaweedFS's internal block included) is free now."""
     rng = random.Random()

@@ -106,6 +106,7 @@ def test_failed_up_leaves_nothing_half_started(tmp_path: Path) -> None:
     assert processes_under(tmp_path / "state") == []
 
 
+@pytest.mark.stack_teardown
 def test_down_leaves_no_process(stack) -> None:
     records = stack._records()
     nodes = [n.process() for n in stack.pool().nodes()]

@@ -70,3 +70,35 @@ def test_train_pipeline_registers_a_gated_challenger(stack) -> None:
                                                                 "feedback/2026-11-01/part-0002.jsonl"]
     if os.environ.get("LLMOPS_STRICT_TIMING", "1") == "1":
         assert elapsed < 300, f"the pipeline took {elapsed:.0f}s (goal: under 5 minutes on 2 cores)"
+
+
+CACHE_SCRIPT = """
+from prefect import flow
+from llmops.train.config import DataSettings
+from tasks.data import collect_dataset, snapshot_inputs
+
+@flow
+def collect_twice():
+    settings = DataSettings(feedback_prefix="cache-test/")
+    fp = snapshot_inputs(settings)
+    first = collect_dataset(settings, fp, 0, return_state=True)
+    second = collect_dataset(settings, fp, 0, return_state=True)
+    print("STATES", first.name, second.name, first.result().digest == second.result().digest)
+
+collect_twice()
+"""
+
+
+def test_same_inputs_reuse_the_dataset_version(stack, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from infra.stack.services import REPO_ROOT, prefect_env
+
+    stack.ep.s3_client().put_object(Bucket="llmops", Key="cache-test/a.jsonl", Body=feedback_line(1).encode())
+    env = {**os.environ, **prefect_env(stack.cfg, stack.ep)}
+    r = subprocess.run([sys.executable, "-c", CACHE_SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("STATES"))
+    assert line == "STATES Completed Cached True", line
