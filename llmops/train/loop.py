@@ -59,16 +59,30 @@ def encode(tok: Any, ex: ChatExample, max_length: int) -> Encoded:
     return Encoded(full, labels[: len(full)])
 
 
+def epoch_batches(n: int, lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch's batches of indices: shuffled, then grouped by length inside windows of 32 batches so
+    little compute goes to padding, then the batches themselves shuffled. Deterministic for a given rng."""
+    order = list(range(n))
+    rng.shuffle(order)
+    window = batch_size * 32
+    groups: list[list[int]] = []
+    for w in range(0, n, window):
+        part = sorted(order[w: w + window], key=lambda i: lengths[i])
+        groups += [part[i: i + batch_size] for i in range(0, len(part), batch_size)]
+    full = [g for g in groups if len(g) == batch_size] or groups[:1]
+    rng.shuffle(full)
+    return full
+
+
 def batches(data: Sequence[Encoded], batch_size: int, seed: int, pad_id: int) -> Iterator[dict[str, Any]]:
-    """Endless shuffled batches (a new order each epoch, deterministic for a seed), right-padded."""
+    """Endless batches (a new order each epoch, deterministic for a seed), right-padded."""
     import torch
 
     epoch = 0
+    lengths = [len(e.input_ids) for e in data]
     while True:
-        order = list(range(len(data)))
-        random.Random(seed * 1000 + epoch).shuffle(order)
-        for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
-            chunk = [data[j] for j in order[i: i + batch_size]]
+        for idx in epoch_batches(len(data), lengths, batch_size, random.Random(seed * 1000 + epoch)):
+            chunk = [data[j] for j in idx]
             width = max(len(e.input_ids) for e in chunk)
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)

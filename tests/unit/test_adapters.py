@@ -84,12 +84,12 @@ def test_killed_run_resumes_like_an_uninterrupted_one(tiny_model_dir: Path, tmp_
 def test_loss_falls(tiny_model_dir: Path, tmp_path: Path) -> None:
     # Judged on the full training set every 5 steps (not on noisy per-batch losses).
     evals: list[float] = []
-    c = cfg(Method.LORA, steps=40, learning_rate=2e-2, checkpoint_every=100, early_stopping_patience=100,
+    c = cfg(Method.LORA, steps=40, learning_rate=5e-3, checkpoint_every=100, early_stopping_patience=100,
             eval_every=5)
     train_adapter(c, tiny_model_dir, EXAMPLES, EXAMPLES, tmp_path / "lf",
                   sink=lambda row, _: evals.append(row["eval_loss"]) if "eval_loss" in row else None)
     # deterministic (seeded); frozen LoRA weights would give a flat line
-    assert len(evals) == 8 and evals[-1] < evals[0] - 0.05, evals
+    assert len(evals) == 8 and evals[-1] < evals[0] - 0.3, evals
 
 
 def test_early_stopping_stops_when_eval_loss_rises_and_keeps_the_best(tiny_model_dir: Path, tmp_path: Path) -> None:
