@@ -65,6 +65,11 @@ def convert_base_model(out_dir: Path) -> BaseModelFiles:
         setattr(model, "is_quantized", False)  # noqa: B010
         model.save_pretrained(out_dir, safe_serialization=True)
         tok.save_pretrained(out_dir)
+        # transformers records whether the hub was offline while converting; drop it so the bytes (and the
+        # registered hash) do not depend on the environment of the machine that converted
+        tc = out_dir / "tokenizer_config.json"
+        tc.write_text(json.dumps({k: v for k, v in json.loads(tc.read_text()).items() if k != "local_files_only"},
+                                 indent=2) + "\n")
         (out_dir / "llmops_source.json").write_text(json.dumps(
             {"base_model": BASE_MODEL_ID, "gguf": gguf.name, "dtype": "bfloat16"}, indent=2))
         done.write_text("ok\n")
