@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -90,3 +91,27 @@ def run_smoke(ep: Endpoints, say: Say = print) -> SmokeResult:
     ep.s3_client().head_object(Bucket="llmops", Key=key)
     say(f"  mlflow: run {runs[0].info.run_id} in experiment 'smoke'; s3: s3://llmops/{key}")
     return SmokeResult(answer, completion_s, n, run_id, api.run_link(run_id), runs[0].info.run_id, key)
+
+
+def run_training(ep: Endpoints, config: Path, say: Say = print, timeout_s: float = 1800) -> dict[str, str]:
+    """Run the train-pipeline deployment and report the registered version, its scores and the gate verdict."""
+    from mlflow import MlflowClient
+
+    api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
+    t = time.monotonic()
+    run_id = api.run_deployment("train-pipeline", "train-pipeline", {"config": str(config.resolve())})
+    say(f"  prefect: flow run {api.run_link(run_id)}")
+    st = api.wait(run_id, timeout_s=timeout_s)
+    if st.state != "COMPLETED":
+        raise ServiceError(f"train-pipeline run {st.name} ended {st.state}: {st.message}",
+                           f"open {api.run_link(run_id)} for its logs")
+    client = MlflowClient(ep.mlflow_url)
+    versions = client.search_model_versions(f"name = '{ep.model_name}'", order_by=["version_number DESC"],
+                                            max_results=1)
+    mv = versions[0]
+    tags = dict(mv.tags)
+    say(f"  registered {ep.model_name} v{mv.version} in {time.monotonic() - t:.0f}s: exact match "
+        f"{tags.get('llmops.eval.exact_match')}, leakage {tags.get('llmops.eval.leakage')}, "
+        f"gate {tags.get('llmops.gate')}; aliases {list(mv.aliases)}")
+    say(f"  mlflow: {ep.mlflow_url}/#/models/{ep.model_name}/versions/{mv.version}")
+    return tags
