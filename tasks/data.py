@@ -16,6 +16,7 @@ from llmops.data.schema import ChatExample
 from llmops.endpoints import Endpoints
 from llmops.hashing import dir_sha256
 from llmops.train.config import DataSettings
+from tasks.retry import transient_only
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class DatasetInfo:
     quarantined: int
 
 
-@task(retries=2, retry_delay_seconds=2)
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=transient_only)
 def snapshot_inputs(settings: DataSettings) -> str:
     """A fingerprint of everything the dataset is built from: the curated files and the S3 objects' ETags."""
     ep = Endpoints.load()
@@ -41,7 +42,8 @@ def snapshot_inputs(settings: DataSettings) -> str:
     return h.hexdigest()
 
 
-@task(cache_policy=INPUTS + TASK_SOURCE, cache_expiration=timedelta(days=30), persist_result=True, retries=1)
+@task(cache_policy=INPUTS + TASK_SOURCE, cache_expiration=timedelta(days=30), persist_result=True, retries=1,
+      retry_condition_fn=transient_only)
 def collect_dataset(settings: DataSettings, inputs_fingerprint: str, seed: int) -> DatasetInfo:
     """Validate, scrub, de-duplicate, split and store the dataset in S3. Same fingerprint -> cached result."""
     ep = Endpoints.load()
@@ -53,7 +55,7 @@ def collect_dataset(settings: DataSettings, inputs_fingerprint: str, seed: int) 
                        len(ds.prepared.quarantine))
 
 
-@task(retries=2, retry_delay_seconds=2)
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=transient_only)
 def load_split(info: DatasetInfo, split: str) -> list[ChatExample]:
     """Read one split of a stored dataset version back from S3."""
     ep = Endpoints.load()

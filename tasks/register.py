@@ -7,9 +7,10 @@ from prefect import task
 from llmops.endpoints import Endpoints
 from llmops.model_cache import ModelCache
 from llmops.registry import MlflowRegistry, ModelVersionRef, pull_verified
+from tasks.retry import transient_only
 
 
-@task(retries=2, retry_delay_seconds=3)
+@task(retries=2, retry_delay_seconds=3, retry_condition_fn=transient_only)
 def pull_base(model_name: str, version_or_alias: str) -> tuple[ModelVersionRef, str]:
     """Resolve the base version (clear error if unknown) and return its hash-verified local copy."""
     ep = Endpoints.load()
@@ -18,7 +19,7 @@ def pull_base(model_name: str, version_or_alias: str) -> tuple[ModelVersionRef, 
     return ref, str(cached.path)
 
 
-@task(retries=1)
+@task(retries=1, retry_condition_fn=transient_only)
 def register_challenger(model_name: str, merged_dir: str, adapter_dir: str | None, run_id: str,
                         tags: dict[str, str], promote: bool) -> ModelVersionRef:
     """Register the merged model (and the adapter under `<name>-adapter`, for lineage); alias `challenger`

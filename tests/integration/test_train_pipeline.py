@@ -104,3 +104,25 @@ def test_same_inputs_reuse_the_dataset_version(stack, tmp_path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("STATES"))
     assert line == "STATES Completed Cached True", line
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("base_version: no-such-alias\n", "has no version or alias 'no-such-alias'"),
+    ("data:\n  feedback_bucket: no-such-bucket\n", "bucket 'no-such-bucket' does not exist"),
+])
+def test_bad_input_fails_before_training(stack, tmp_path, override: str, expected: str) -> None:
+    from mlflow import MlflowClient
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("method: lora\nhyper: {max_steps: 2}\n" + override)
+    client = MlflowClient(stack.ep.mlflow_url)
+    exp = client.get_experiment_by_name(f"{stack.cfg.model.name}-training")
+    runs_before = len(client.search_runs([exp.experiment_id])) if exp else 0
+
+    api = PrefectApi(stack.ep.prefect_api_url, stack.ep.prefect_ui_url)
+    st = api.wait(api.run_deployment("train-pipeline", "train-pipeline", {"config": str(config)}), timeout_s=300)
+    assert st.state == "FAILED"
+    log = (stack.cfg.state_dir / "logs" / "worker.log").read_text()
+    assert expected in log
+    exp = client.get_experiment_by_name(f"{stack.cfg.model.name}-training")
+    assert (len(client.search_runs([exp.experiment_id])) if exp else 0) == runs_before  # no training run started
