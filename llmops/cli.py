@@ -149,6 +149,45 @@ def train(config: Annotated[Path, typer.Option("--config", "-c", help="training 
         raise typer.Exit(1)
 
 
+@app.command("load")
+def load(mode: Annotated[str, typer.Option(help="steady | burst | trace")] = "steady",
+         rps: Annotated[float, typer.Option(help="requests per second (burst: the base rate)")] = 1.0,
+         duration: Annotated[float, typer.Option(help="seconds")] = 30.0,
+         burst_rps: Annotated[float, typer.Option(help="burst: rate during the burst")] = 8.0,
+         burst_start: Annotated[float, typer.Option(help="burst: seconds after the start")] = 10.0,
+         burst_duration: Annotated[float, typer.Option(help="burst: seconds")] = 10.0,
+         trace_file: Annotated[Path, typer.Option(help="trace: the Azure LLM trace CSV")] = Path(
+             "data/traces/azure_llm_conv_2023.csv"),
+         speed: Annotated[float, typer.Option(help="trace: time compression (2 = twice as fast)")] = 1.0,
+         token_scale: Annotated[float, typer.Option(help="trace: generated tokens x this")] = 0.1,
+         max_tokens: Annotated[int, typer.Option(help="tokens per answer (trace: the cap)")] = 32,
+         out: Annotated[Path | None, typer.Option(help="write summary + outcomes JSON here")] = None,
+         seed: int = 0, state_dir: StateOpt = None) -> None:
+    """Asynchronous OpenAI-client load through the gateway; prints the summary (JSON)."""
+    from llmops.endpoints import Endpoints
+    from llmops.loadgen import schedule
+    from llmops.loadgen.runner import run_load
+
+    try:
+        m = schedule.Mode(mode)
+    except ValueError:
+        _fail(LlmopsError(f"unknown --mode {mode!r}", "use steady, burst or trace"))
+    try:
+        ep = Endpoints.load(state_dir)
+        if m is schedule.Mode.STEADY:
+            arrivals = schedule.steady(rps, duration, max_tokens, seed)
+        elif m is schedule.Mode.BURST:
+            arrivals = schedule.burst(rps, burst_rps, duration, burst_start, burst_duration, max_tokens, seed)
+        else:
+            arrivals = schedule.trace(trace_file, speed, token_scale, max_tokens, duration)
+        summary = run_load(f"{ep.gateway_url}/v1", ep.model_name, arrivals, out)
+    except LlmopsError as err:
+        _fail(err)
+    typer.echo(json.dumps(summary, indent=2))
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
 @app.command("demo")
 def demo(config: ConfigOpt = None, state_dir: StateOpt = None,
          train_config: Annotated[Path, typer.Option(help="training config of the demo")] = Path(

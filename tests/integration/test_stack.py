@@ -72,6 +72,20 @@ def test_deployed_flow_run_reaches_mlflow_and_s3(stack) -> None:
     assert result.flow_run_url.startswith(stack.ep.prefect_ui_url)
 
 
+def test_steady_load_through_the_gateway_has_no_failures(stack, tmp_path: Path) -> None:
+    import json
+
+    from llmops.loadgen import schedule
+    from llmops.loadgen.runner import run_load
+
+    arrivals = schedule.steady(2.0, 10.0, max_tokens=8, seed=3)
+    summary = run_load(f"{stack.ep.gateway_url}/v1", stack.cfg.model.name, arrivals, tmp_path / "load.json")
+    assert summary["requests"] == len(arrivals) > 10
+    assert summary["failed"] == 0 and summary["by_version"] == {"1": len(arrivals)}
+    assert 0 < summary["latency_s"]["p50"] <= summary["latency_s"]["p95"]
+    assert len(json.loads((tmp_path / "load.json").read_text())["outcomes"]) == len(arrivals)
+
+
 def test_second_up_starts_nothing(stack) -> None:
     before = {r.name: r.pid for r in stack.status()}
     t = time.monotonic()

@@ -1,0 +1,1 @@
+"""Load generator: steady, burst or trace-replay OpenAI traffic through the gateway."""
