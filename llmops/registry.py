@@ -115,6 +115,9 @@ class MlflowRegistry:
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
 
+    def tag_version(self, name: str, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(name, version, key, value)
+
     def download(self, ref: ModelVersionRef, dest: Path) -> None:
         """Copy the version's files into `dest` (which must be empty)."""
         from mlflow.artifacts import download_artifacts

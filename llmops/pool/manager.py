@@ -36,8 +36,9 @@ class Pool:
     def nodes(self) -> list[NodeRecord]:
         return [n for n in self.store.read().nodes.values() if n.model == self.model]
 
-    def add_node(self, version_or_alias: str, engine: str = "transformers") -> NodeRecord:
-        """Pull (hash-checked), start, wait until it really serves, then put it in rotation."""
+    def add_node(self, version_or_alias: str, engine: str = "transformers", weight: int = 100) -> NodeRecord:
+        """Pull (hash-checked), start, wait until it really serves, then add it to HAProxy with `weight`
+        (0: joined and health-checked but taking no traffic, e.g. a canary before its first step)."""
         ref, cached = pull_verified(self.registry, self.cache, self.model, version_or_alias)
         with self.store.update() as state:
             taken = {n.port for n in state.nodes.values()}
@@ -45,7 +46,7 @@ class Pool:
             name = f"node{state.next_id}"
             state.next_id += 1
             node = NodeRecord(name=name, model=self.model, engine=engine, version=ref.version,
-                              sha256=ref.sha256, host=self.host, port=port)
+                              sha256=ref.sha256, host=self.host, port=port, weight=weight)
             state.nodes[name] = node
         try:
             node = self.launcher.start(node, cached.path)
@@ -60,6 +61,14 @@ class Pool:
         self._save(node)
         self.write_targets()
         return node
+
+    def set_weight(self, name: str, weight: int) -> None:
+        """Change a node's share of traffic (HAProxy weight 0-256) and record it."""
+        node = self.store.read().nodes.get(name)
+        if node is None:
+            raise ServiceError(f"no node {name!r} in pool {self.model}", "list nodes with `llmops stack status`")
+        self.lb.set_weight(self.backend, name, weight)
+        self._save(node.model_copy(update={"weight": weight}))
 
     def remove_node(self, name: str, drain_timeout_s: float = 60) -> None:
         """Drain in HAProxy (wait for zero in flight), stop the process, forget it."""

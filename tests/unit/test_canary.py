@@ -1,0 +1,132 @@
+"""The canary orchestration against fakes: promote, roll back on a slow or garbage canary, on a canary that
+fails its serving test, and on no traffic; the champion alias moves only on success."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from llmops.canary import CanaryRollout
+from llmops.errors import RegistryError, ServiceError
+from llmops.pool.state import NodeRecord, NodeStatus
+from llmops.probe import ProbeResult
+from llmops.registry import ModelVersionRef
+from llmops.rollout import CanaryPolicy
+
+
+@dataclass
+class FakePool:
+    model: str = "m"
+    nodes_: dict[str, NodeRecord] = field(default_factory=dict)
+    fail_start: bool = False
+    n: int = 0
+
+    def nodes(self) -> list[NodeRecord]:
+        return list(self.nodes_.values())
+
+    def add_node(self, version_or_alias: str, engine: str = "transformers", weight: int = 100) -> NodeRecord:
+        if self.fail_start:
+            raise ServiceError("node n9 exited while starting", "read the log")
+        self.n += 1
+        node = NodeRecord(name=f"n{self.n}", model=self.model, engine=engine, version=version_or_alias,
+                          sha256="x", host="h", port=self.n, weight=weight, status=NodeStatus.SERVING)
+        self.nodes_[node.name] = node
+        return node
+
+    def set_weight(self, name: str, weight: int) -> None:
+        self.nodes_[name] = self.nodes_[name].model_copy(update={"weight": weight})
+
+    def remove_node(self, name: str, drain_timeout_s: float = 60) -> None:
+        del self.nodes_[name]
+
+
+@dataclass
+class FakeRegistry:
+    aliases: dict[str, str] = field(default_factory=lambda: {"champion": "1", "challenger": "2"})
+    tags: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def resolve(self, name: str, v: str) -> ModelVersionRef:
+        version = self.aliases.get(v, v)
+        if version not in ("1", "2"):
+            raise RegistryError(f"model {name!r} has no version or alias {v!r}", "")
+        return ModelVersionRef(name, version, "src", "sha")
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.aliases[alias] = version
+
+    def tag_version(self, name: str, version: str, key: str, value: str) -> None:
+        self.tags[(version, key)] = value
+
+
+class FakeMetrics:
+    """Requests grow with time for both versions; canary p95 and errors as scripted."""
+
+    def __init__(self, clock: list[float], canary_p95: float = 0.5, canary_err_ratio: float = 0.0,
+                 rps: float = 5.0) -> None:
+        self.clock, self.canary_p95, self.err, self.rps = clock, canary_p95, canary_err_ratio, rps
+
+    def scalar(self, expr: str) -> float | None:
+        canary = 'version="2"' in expr
+        if "histogram_quantile" in expr:
+            return self.canary_p95 if canary else 0.5
+        requests = self.rps * min(self.clock[0], 30)
+        if 'status=~"5.."' in expr:
+            return requests * self.err if canary else 0.0
+        return requests
+
+
+def rollout(metrics_kw: dict[str, float] | None = None, quality: float = 0.9, fail_start: bool = False
+            ) -> tuple[CanaryRollout, FakePool, FakeRegistry]:
+    clock = [0.0]
+    pool = FakePool(fail_start=False)
+    pool.add_node("1")
+    pool.fail_start = fail_start
+    reg = FakeRegistry()
+
+    def sleep(s: float) -> None:
+        clock[0] += s
+
+    r = CanaryRollout(pool, reg, FakeMetrics(clock, **(metrics_kw or {})),
+                      probe=lambda node: ProbeResult(quality, quality, quality, 0, ()),
+                      policy=CanaryPolicy(min_requests=10, max_wait_s=60), poll_s=2.0, say=lambda _: None,
+                      clock=lambda: clock[0], sleep=sleep)
+    return r, pool, reg
+
+
+def test_good_canary_is_promoted_and_the_pool_converges() -> None:
+    r, pool, reg = rollout()
+    report = r.run("challenger")
+    assert report.promoted and [s.share for s in report.steps] == [10, 50, 100]
+    assert reg.aliases["champion"] == "2" and reg.tags[("2", "rollout")] == "promoted"
+    assert {n.version for n in pool.nodes()} == {"2"} and len(pool.nodes()) == 1
+    assert report.timeline and report.timeline[-1].share == 100
+
+
+@pytest.mark.parametrize(("kw", "quality", "reason"), [
+    ({"canary_p95": 5.0}, 0.9, "p95"),
+    ({"canary_err_ratio": 0.2}, 0.9, "error ratio"),
+    ({}, 0.1, "quality"),
+    ({"rps": 0.0}, 0.9, "not enough data"),
+], ids=["slow", "erroring", "garbage", "no-traffic"])
+def test_bad_canary_is_rolled_back(kw: dict[str, float], quality: float, reason: str) -> None:
+    r, pool, reg = rollout(kw, quality)
+    report = r.run("challenger")
+    assert not report.promoted and reason in report.reason
+    assert reg.aliases["champion"] == "1"
+    assert reg.tags[("2", "rollout")] == "rolled_back" and reason in reg.tags[("2", "rollout_reason")]
+    assert [(n.version, n.weight) for n in pool.nodes()] == [("1", 100)]
+
+
+def test_canary_failing_its_serving_test_never_gets_traffic() -> None:
+    r, pool, reg = rollout(fail_start=True)
+    report = r.run("challenger")
+    assert not report.promoted and "serving test" in report.reason and report.steps == []
+    assert [(n.version, n.weight) for n in pool.nodes()] == [("1", 100)] and reg.aliases["champion"] == "1"
+
+
+def test_unknown_version_starts_nothing() -> None:
+    r, pool, _ = rollout()
+    with pytest.raises(RegistryError):
+        r.run("no-such")
+    assert len(pool.nodes()) == 1
