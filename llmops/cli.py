@@ -149,6 +149,34 @@ def train(config: Annotated[Path, typer.Option("--config", "-c", help="training 
         raise typer.Exit(1)
 
 
+@app.command("rollout")
+def rollout(version: Annotated[str, typer.Option(help="version number or alias to roll out")] = "challenger",
+            policy: Annotated[Path, typer.Option(help="canary policy")] = Path("configs/rollout/canary.yaml"),
+            state_dir: StateOpt = None, timeout_s: float = 1800) -> None:
+    """Canary a registered version through the rollout deployment; waits and reports promote or rollback."""
+    from llmops.config import load_config
+    from llmops.endpoints import Endpoints
+    from llmops.prefect_api import PrefectApi
+    from llmops.registry import MlflowRegistry
+    from llmops.rollout import CanaryPolicy
+
+    try:
+        load_config(policy, CanaryPolicy)
+        ep = Endpoints.load(state_dir)
+        ref = MlflowRegistry(ep.mlflow_url).resolve(ep.model_name, version)  # unknown: clear error, nothing starts
+        api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
+        run_id = api.run_deployment("rollout", "rollout", {"version": ref.version, "policy": str(policy.resolve())})
+        typer.echo(f"rollout of v{ref.version}: {api.run_link(run_id)}")
+        st = api.wait(run_id, timeout_s)
+        after = MlflowRegistry(ep.mlflow_url).resolve(ep.model_name, ref.version)
+    except LlmopsError as err:
+        _fail(err)
+    outcome = after.tags.get("rollout", "unknown")
+    typer.echo(f"{st.name}: {st.state}; v{ref.version} {outcome} {after.tags.get('rollout_reason', '')}")
+    if st.state != "COMPLETED" or outcome != "promoted":
+        raise typer.Exit(1)
+
+
 @app.command("load")
 def load(mode: Annotated[str, typer.Option(help="steady | burst | trace")] = "steady",
          rps: Annotated[float, typer.Option(help="requests per second (burst: the base rate)")] = 1.0,

@@ -180,12 +180,14 @@ class Stack:
             if r.returncode != 0:
                 raise ServiceError(f"`{' '.join(argv[1:])}` failed:\n{(r.stdout + r.stderr)[-2000:]}",
                                    "fix prefect.yaml (the error names the deployment) and run `llmops stack up`")
-        # One fine-tune at a time across every flow (train_pipeline, repair): a global concurrency limit.
-        r = subprocess.run([prefect, "global-concurrency-limit", "create", "fine-tune", "--limit", "1"],
-                           cwd=svc.REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
-        if r.returncode != 0 and "already exists" not in (r.stdout + r.stderr):
-            raise ServiceError(f"could not create the fine-tune concurrency limit:\n{(r.stdout + r.stderr)[-800:]}",
-                               "check the Prefect server log: `llmops stack logs prefect`")
+        # One fine-tune at a time across every flow (train_pipeline, repair), and one change at a time to
+        # the pool (rollout, scale, reconcile): global concurrency limits.
+        for limit in ("fine-tune", f"pool-{self.cfg.model.name}"):
+            r = subprocess.run([prefect, "global-concurrency-limit", "create", limit, "--limit", "1"],
+                               cwd=svc.REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+            if r.returncode != 0 and "already exists" not in (r.stdout + r.stderr):
+                raise ServiceError(f"could not create the concurrency limit {limit}:\n{(r.stdout + r.stderr)[-800:]}",
+                                   "check the Prefect server log: `llmops stack logs prefect`")
         digest = hashlib.sha256((svc.REPO_ROOT / "prefect.yaml").read_bytes()).hexdigest()
         self._save(self._records(), prefect_yaml_sha256=digest)
         say(f"  prefect: work pool {self.cfg.work_pool!r}, deployments from prefect.yaml registered")

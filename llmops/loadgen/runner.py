@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +21,14 @@ PROMPTS = (
 )
 
 
-async def _one(client: object, model: str, arrival: Arrival, t0: float, i: int) -> Outcome:
+async def _one(client: object, model: str, arrival: Arrival, t0: float, i: int,
+               stop: threading.Event | None) -> Outcome | None:
     import openai
 
-    await asyncio.sleep(max(0.0, t0 + arrival.at_s - time.monotonic()))
+    while (wait := t0 + arrival.at_s - time.monotonic()) > 0:
+        if stop is not None and stop.is_set():
+            return None  # the run was stopped before this request's time: it is never sent
+        await asyncio.sleep(min(wait, 0.5))
     sent = time.monotonic()
     try:
         raw = await client.chat.completions.with_raw_response.create(  # type: ignore[attr-defined]
@@ -42,8 +47,8 @@ async def _one(client: object, model: str, arrival: Arrival, t0: float, i: int) 
         return Outcome(sent - t0, time.monotonic() - sent, 0, False, "", type(err).__name__)
 
 
-async def run_schedule(base_url: str, model: str, arrivals: Sequence[Arrival], timeout_s: float = 120
-                       ) -> list[Outcome]:
+async def run_schedule(base_url: str, model: str, arrivals: Sequence[Arrival], timeout_s: float = 120,
+                       stop: threading.Event | None = None) -> list[Outcome]:
     """Open-loop: each request is sent at its arrival time whatever the earlier ones are doing."""
     import openai
 
@@ -51,16 +56,18 @@ async def run_schedule(base_url: str, model: str, arrivals: Sequence[Arrival], t
     client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=timeout_s)
     t0 = time.monotonic()
     try:
-        return list(await asyncio.gather(*(_one(client, model, a, t0, i) for i, a in enumerate(arrivals))))
+        results = await asyncio.gather(*(_one(client, model, a, t0, i, stop) for i, a in enumerate(arrivals)))
+        return [r for r in results if r is not None]
     finally:
         await client.close()
 
 
 def run_load(base_url: str, model: str, arrivals: Sequence[Arrival], out: Path | None = None,
-             timeout_s: float = 120) -> dict[str, object]:
-    """Run the schedule, summarise it, and write the summary plus every outcome as JSON to `out`."""
+             timeout_s: float = 120, stop: threading.Event | None = None) -> dict[str, object]:
+    """Run the schedule (until its end, or until `stop` is set), summarise it, and write the summary plus
+    every outcome as JSON to `out`."""
     t = time.monotonic()
-    outcomes = asyncio.run(run_schedule(base_url, model, arrivals, timeout_s))
+    outcomes = asyncio.run(run_schedule(base_url, model, arrivals, timeout_s, stop))
     summary = summarise(outcomes, time.monotonic() - t)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -126,3 +126,84 @@ def test_bad_input_fails_before_training(stack, tmp_path, override: str, expecte
     assert expected in log
     exp = client.get_experiment_by_name(f"{stack.cfg.model.name}-training")
     assert (len(client.search_runs([exp.experiment_id])) if exp else 0) == runs_before  # no training run started
+
+
+# ---- rollout of the pipeline's challenger (and of two broken versions) under steady load -----------------
+
+def _register_variant(stack, tmp_path, name: str, mutate) -> str:  # type: ignore[no-untyped-def]
+    import shutil
+    from pathlib import Path
+
+    champion = MlflowRegistry(stack.ep.mlflow_url).resolve(stack.cfg.model.name, "champion")
+    src = stack.cfg.state_dir / "models" / f"sha256-{champion.sha256}"
+    dst = Path(tmp_path) / name
+    shutil.copytree(src, dst)
+    mutate(dst)
+    ref = MlflowRegistry(stack.ep.mlflow_url).register_directory(stack.cfg.model.name, dst, None,
+                                                                 {"llmops.method": f"test-{name}"})
+    return ref.version
+
+
+def _broken_config(d) -> None:  # type: ignore[no-untyped-def]
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_type"] = "no-such-architecture"
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def _garbage_weights(d) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(str(d / "model.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    for k, v in w.items():
+        if k.endswith("mlp.down_proj.weight"):
+            w[k] = v[:, torch.randperm(v.shape[1], generator=g)] * 4  # scrambled: fluent-looking nonsense at best
+    save_file(w, str(d / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_rollouts_under_load_promote_the_challenger_and_roll_back_broken_versions(stack, tmp_path) -> None:
+    import threading
+
+    from llmops.loadgen import schedule
+    from llmops.loadgen.runner import run_load
+
+    reg = MlflowRegistry(stack.ep.mlflow_url)
+    challenger = reg.resolve(stack.cfg.model.name, "challenger").version  # from the pipeline test above
+    broken = _register_variant(stack, tmp_path, "broken", _broken_config)
+    garbage = _register_variant(stack, tmp_path, "garbage", _garbage_weights)
+
+    summary: dict[str, object] = {}
+    stop = threading.Event()
+
+    def load() -> None:
+        summary.update(run_load(f"{stack.ep.gateway_url}/v1", stack.cfg.model.name,
+                                schedule.steady(3.0, 900.0, max_tokens=8, seed=7), tmp_path / "load.json",
+                                stop=stop))
+
+    api = PrefectApi(stack.ep.prefect_api_url, stack.ep.prefect_ui_url)
+    worker = threading.Thread(target=load)
+    worker.start()
+    results = {}
+    try:
+        for label, version in (("broken", broken), ("garbage", garbage), ("challenger", challenger)):
+            t = time.monotonic()
+            st = api.wait(api.run_deployment("rollout", "rollout", {"version": version}), timeout_s=600)
+            results[label] = (st.state, reg.resolve(stack.cfg.model.name, version).tags, time.monotonic() - t)
+    finally:
+        stop.set()  # requests not yet due are never sent; those in flight finish and are counted
+        worker.join()
+
+    for label, (state, tags, secs) in results.items():
+        print(f"rollout {label}: {state} {tags.get('rollout')} in {secs:.0f}s: {tags.get('rollout_reason', '')}")
+        assert state == "COMPLETED", label
+    assert results["broken"][1]["rollout"] == "rolled_back" and "serving test" in results["broken"][1][
+        "rollout_reason"]
+    assert results["garbage"][1]["rollout"] == "rolled_back" and "quality" in results["garbage"][1]["rollout_reason"]
+    assert results["challenger"][1]["rollout"] == "promoted"
+    assert results["challenger"][2] < 180  # the goal: a full canary within ~2 minutes
+    assert reg.resolve(stack.cfg.model.name, "champion").version == challenger
+    nodes = stack.pool().nodes()
+    assert nodes and {n.version for n in nodes} == {challenger}
+    print(f"load during the rollouts: {summary}")
+    assert summary["failed"] == 0, summary
