@@ -57,6 +57,14 @@ class ServingSettings(StrictModel):
     cb_block_size: int = Field(32, ge=8)
     torch_threads: int = Field(1, ge=1, le=64)
     start_timeout_s: float = Field(180.0, gt=0)
+    # LMDeploy (GPU hosts): it pins torch and peft, so it runs from its own interpreter (infra/lmdeploy/).
+    lmdeploy_python: str = "python3"
+    lmdeploy_backend: str = Field("pytorch", pattern="^(pytorch|turbomind)$")
+    lmdeploy_tp: int = Field(1, ge=1, le=8)
+    lmdeploy_cache_max_entry_count: float = Field(0.1, gt=0, le=0.95)
+    lmdeploy_max_batch_size: int = Field(64, ge=1)
+    lmdeploy_session_len: int = Field(2048, ge=256)
+    lmdeploy_eager_mode: bool = False  # skip CUDA-graph capture: faster start, slower decode
 
 
 class StackConfig(StrictModel):

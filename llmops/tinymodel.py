@@ -23,7 +23,8 @@ _CORPUS = [
 
 
 def build_tiny_model(out_dir: Path, hidden: int = 64, layers: int = 2, vocab: int = 512,
-                     seed: int = 0) -> Path:
+                     seed: int = 0, heads: int | None = None, kv_heads: int | None = None,
+                     intermediate: int | None = None) -> Path:
     """Write a random `LlamaForCausalLM` (bf16 safetensors) and its BPE tokenizer to `out_dir`.
 
     Args:
@@ -32,6 +33,8 @@ def build_tiny_model(out_dir: Path, hidden: int = 64, layers: int = 2, vocab: in
         layers: number of decoder layers.
         vocab: tokenizer vocabulary size (special tokens included).
         seed: torch seed for the weights, so two builds are identical.
+        heads, kv_heads, intermediate: attention heads, KV heads and MLP width (default hidden // 16,
+            hidden // 32 and 2 x hidden); e.g. 9, 3, 1536 with hidden 576 and 30 layers is SmolLM2-135M's shape.
 
     Returns:
         `out_dir`.
@@ -53,9 +56,9 @@ def build_tiny_model(out_dir: Path, hidden: int = 64, layers: int = 2, vocab: in
     fast.save_pretrained(out_dir)
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=hidden * 2,
-                      num_hidden_layers=layers, num_attention_heads=max(1, hidden // 16),
-                      num_key_value_heads=max(1, hidden // 32), max_position_embeddings=512,
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=intermediate or hidden * 2,
+                      num_hidden_layers=layers, num_attention_heads=heads or max(1, hidden // 16),
+                      num_key_value_heads=kv_heads or max(1, hidden // 32), max_position_embeddings=2048,
                       bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
                       pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
     model = LlamaForCausalLM(cfg)

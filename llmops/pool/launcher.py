@@ -36,8 +36,15 @@ def engine_argv(engine: Engine, served_name: str, node: NodeRecord, settings: Se
                 served_name, "--continuous-batching", "--cb-num-blocks", str(settings.cb_num_blocks),
                 "--cb-block-size", str(settings.cb_block_size), "--host", node.host, "--port", str(node.port),
                 "--device", "cpu", "--log-level", "warning"]
-    raise ServiceError(f"engine {engine.value!r} is not launchable by the local CPU launcher",
-                       "use engine: transformers on CPU hosts; LMDeploy nodes need a GPU host")
+    if engine is Engine.LMDEPLOY:
+        argv = [settings.lmdeploy_python, "-m", "lmdeploy", "serve", "api_server", served_name,
+                "--backend", settings.lmdeploy_backend, "--tp", str(settings.lmdeploy_tp),
+                "--model-name", served_name, "--server-name", node.host, "--server-port", str(node.port),
+                "--cache-max-entry-count", str(settings.lmdeploy_cache_max_entry_count),
+                "--max-batch-size", str(settings.lmdeploy_max_batch_size),
+                "--session-len", str(settings.lmdeploy_session_len)]
+        return [*argv, "--eager-mode"] if settings.lmdeploy_eager_mode else argv
+    raise ServiceError(f"engine {engine.value!r} is not supported", "use transformers or lmdeploy")
 
 
 class LocalProcessLauncher:
@@ -62,10 +69,11 @@ class LocalProcessLauncher:
             link.unlink()
         link.symlink_to(model_dir, target_is_directory=True)
         threads = str(self.settings.torch_threads)
+        path = os.pathsep.join(p for p in (str(self.repo_root), os.environ.get("PYTHONPATH", "")) if p)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "PYTHONPATH": str(self.repo_root)}
-        argv = engine_argv(self.settings.engine, node.model, node, self.settings)
+               "PYTHONPATH": path}
+        argv = engine_argv(Engine(node.engine), node.model, node, self.settings)
         rec = proc.spawn(argv, workdir / "node.log", env=env, cwd=workdir)
         return node.model_copy(update={"proc": rec.to_json(), "status": NodeStatus.STARTING})
 
@@ -102,6 +110,14 @@ def check_serving(node: NodeRecord) -> None:
     if r.status_code != 200 or not r.json().get("choices"):
         raise ServiceError(f"node {node.name}: completion failed: HTTP {r.status_code} {r.text[:200]}",
                            "read the node log")
+    if node.engine == Engine.LMDEPLOY.value:
+        # LMDeploy cannot report our hash: the launcher verified the directory before starting it, and the
+        # answering server must be ours, serving that directory under the registered name.
+        models = httpx.get(f"{node.url}/v1/models", timeout=10).json().get("data", [])
+        if not any(m.get("id") == node.model for m in models):
+            raise ServiceError(f"node {node.name} does not serve {node.model!r}: {models}",
+                               "another process answers on that port; stop it")
+        return
     if r.headers.get(VERSION_HEADER) != node.version:
         raise ServiceError(f"node {node.name} answers as version {r.headers.get(VERSION_HEADER)!r}, "
                            f"expected {node.version}", "stop the stray process on that port")
