@@ -62,6 +62,8 @@ class LocalProcessLauncher:
         self.repo_root = repo_root
 
     def start(self, node: NodeRecord, model_dir: Path) -> NodeRecord:
+        if Engine(node.engine) is Engine.LMDEPLOY:
+            check_lmdeploy(self.settings.lmdeploy_python)
         workdir = self.nodes_dir / node.name
         workdir.mkdir(parents=True, exist_ok=True)
         link = workdir / node.model
@@ -101,6 +103,20 @@ class LocalProcessLauncher:
         rec = node.process()
         if rec is not None:
             proc.stop(rec, timeout_s=10)
+
+
+def check_lmdeploy(python: str) -> None:
+    """LMDeploy runs from its own interpreter; fail before starting anything if it is not there."""
+    import subprocess
+
+    try:
+        r = subprocess.run([python, "-c", "import lmdeploy"], capture_output=True, text=True, timeout=120)
+        detail = (r.stderr.strip().splitlines() or [""])[-1] if r.returncode != 0 else ""
+    except (OSError, subprocess.TimeoutExpired) as err:
+        detail = str(err)
+    if detail:
+        raise ServiceError(f"LMDeploy is not importable by {python!r}: {detail}",
+                           "build its environment with infra/lmdeploy/build-env.sh and set serving.lmdeploy_python")
 
 
 def check_serving(node: NodeRecord) -> None:

@@ -37,3 +37,13 @@ def test_rendered_configs_use_the_configured_ports(tmp_path: Path) -> None:
     secrets = tmp_path / "secrets.json"
     assert secrets.stat().st_mode & 0o077 == 0 and ep.s3_secret_key in secrets.read_text()
     assert services.endpoints_for(cfg).s3_secret_key == ep.s3_secret_key
+
+
+def test_missing_lmdeploy_environment_names_the_fix() -> None:
+    from llmops.pool.launcher import check_lmdeploy
+
+    with pytest.raises(ServiceError) as exc:
+        check_lmdeploy("/nonexistent/python")
+    assert "LMDeploy is not importable" in str(exc.value) and "infra/lmdeploy/build-env.sh" in str(exc.value)
+    with pytest.raises(ServiceError, match="No module named 'lmdeploy'"):
+        check_lmdeploy(services.sys.executable)  # the pipeline's own venv never has it
