@@ -111,7 +111,7 @@ def check_lmdeploy(python: str) -> None:
 
     try:
         r = subprocess.run([python, "-c", "import lmdeploy"], capture_output=True, text=True, timeout=120)
-        detail = (r.stderr.strip().splitlines() or [""])[-1] if r.returncode != 0 else ""
+        detail = ((r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]) if r.returncode else ""
     except (OSError, subprocess.TimeoutExpired) as err:
         detail = str(err)
     if detail:
