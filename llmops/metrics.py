@@ -42,7 +42,7 @@ class PrometheusMetrics:
 
 def version_traffic(m: MetricsSource, model: str, version: str, window_s: int) -> tuple[float, float, float | None]:
     """(requests, 5xx errors, p95 latency s) served by nodes of one model version over the last window."""
-    sel = f'model="{model}",version="{version}"'
+    sel = f'model="{model}",version="{version}",route!="probe"'
     w = f"{max(1, int(window_s))}s"
     requests = m.scalar(f"sum(increase(llmops_node_requests_total{{{sel}}}[{w}]))") or 0.0
     errors = m.scalar(f'sum(increase(llmops_node_requests_total{{{sel},status=~"5.."}}[{w}]))') or 0.0

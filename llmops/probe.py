@@ -29,7 +29,7 @@ def probe_set(heldout: Sequence[ChatExample], control: Sequence[ChatExample], n_
 
 async def _ask(client: httpx.AsyncClient, url: str, model: str, ex: ChatExample) -> str | None:
     try:
-        r = await client.post(f"{url}/v1/chat/completions", json={
+        r = await client.post(f"{url}/v1/chat/completions", headers={"X-Llmops-Probe": "1"}, json={
             "model": model, "messages": [m.model_dump() for m in ex.prompt], "max_tokens": 48, "temperature": 0})
         if r.status_code != 200:
             return None

@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 VERSION_HEADER = "X-Llmops-Model-Version"
+PROBE_HEADER = "X-Llmops-Probe"
 
 IN_FLIGHT = Gauge("llmops_node_requests_in_flight", "Requests being served by this node")
 REQUESTS = Counter("llmops_node_requests_total", "Requests served", ["route", "status"])
@@ -49,6 +50,8 @@ def instrument(app: Any, served_name: str, version: str, sha256: str) -> Any:
     async def track(request: Request, call_next: Any) -> Any:
         route = request.url.path
         tracked = route in _TRACKED
+        if tracked and request.headers.get(PROBE_HEADER):
+            route = "probe"  # quality-probe traffic: kept out of the user traffic a canary is judged on
         start = time.perf_counter()
         if tracked:
             IN_FLIGHT.inc()

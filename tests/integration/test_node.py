@@ -31,8 +31,12 @@ def test_node_serves_verified_model_with_metrics_and_version(tmp_path: Path, tin
         r = httpx.post(f"{node.url}/v1/chat/completions", timeout=30, json={
             "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
         assert r.status_code == 200 and r.headers["x-llmops-model-version"] == "7"
+        probe = httpx.post(f"{node.url}/v1/chat/completions", timeout=30, headers={"X-Llmops-Probe": "1"}, json={
+            "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert probe.status_code == 200
         metrics = httpx.get(f"{node.url}/metrics").text
         assert 'llmops_node_requests_total{route="/v1/chat/completions",status="200"} 2.0' in metrics
+        assert 'llmops_node_requests_total{route="probe",status="200"} 1.0' in metrics  # kept apart
         assert "llmops_node_requests_in_flight 0.0" in metrics
     finally:
         launcher.stop(node)
