@@ -115,3 +115,36 @@ def run_training(ep: Endpoints, config: Path, say: Say = print, timeout_s: float
         f"gate {tags.get('llmops.gate')}; aliases {list(mv.aliases)}")
     say(f"  mlflow: {ep.mlflow_url}/#/models/{ep.model_name}/versions/{mv.version}")
     return tags
+
+
+def run_rollout(ep: Endpoints, version: str, say: Say = print, rps: float = 3.0, timeout_s: float = 900
+                ) -> dict[str, object]:
+    """Canary `version` through the rollout deployment while steady user load runs through the gateway (a
+    canary is judged on real traffic); reports the outcome and the load's failures."""
+    import threading
+
+    from llmops.loadgen import schedule
+    from llmops.loadgen.runner import run_load
+    from llmops.registry import MlflowRegistry
+
+    stop = threading.Event()
+    load: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: load.update(run_load(
+        f"{ep.gateway_url}/v1", ep.model_name, schedule.steady(rps, timeout_s, max_tokens=8), stop=stop)))
+    api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
+    t = time.monotonic()
+    worker.start()
+    try:
+        run_id = api.run_deployment("rollout", "rollout", {"version": version})
+        say(f"  prefect: flow run {api.run_link(run_id)} (steady load {rps:g} req/s meanwhile)")
+        st = api.wait(run_id, timeout_s=timeout_s)
+    finally:
+        stop.set()
+        worker.join()
+    tags = MlflowRegistry(ep.mlflow_url).resolve(ep.model_name, version).tags
+    say(f"  v{version}: {tags.get('rollout', st.state)} in {time.monotonic() - t:.0f}s "
+        f"{tags.get('rollout_reason', '')}".rstrip())
+    say(f"  load meanwhile: {load.get('ok')} ok, {load.get('failed')} failed, by version {load.get('by_version')}")
+    if st.state != "COMPLETED":
+        raise ServiceError(f"rollout run {st.name} ended {st.state}: {st.message}", f"see {api.run_link(run_id)}")
+    return {"outcome": tags.get("rollout"), **load}
