@@ -108,7 +108,7 @@ def run_training(ep: Endpoints, config: Path, say: Say = print, timeout_s: float
     client = MlflowClient(ep.mlflow_url)
     versions = client.search_model_versions(f"name = '{ep.model_name}'", order_by=["version_number DESC"],
                                             max_results=1)
-    mv = versions[0]
+    mv = client.get_model_version(ep.model_name, versions[0].version)  # search results carry no aliases
     tags = dict(mv.tags)
     say(f"  registered {ep.model_name} v{mv.version} in {time.monotonic() - t:.0f}s: exact match "
         f"{tags.get('llmops.eval.exact_match')}, leakage {tags.get('llmops.eval.leakage')}, "
@@ -127,6 +127,7 @@ def run_rollout(ep: Endpoints, version: str, say: Say = print, rps: float = 3.0,
     from llmops.loadgen.runner import run_load
     from llmops.registry import MlflowRegistry
 
+    version = MlflowRegistry(ep.mlflow_url).resolve(ep.model_name, version).version  # alias -> number, or a clear error
     stop = threading.Event()
     load: dict[str, object] = {}
     worker = threading.Thread(target=lambda: load.update(run_load(
