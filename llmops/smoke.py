@@ -11,6 +11,7 @@ import httpx
 
 from llmops.endpoints import Endpoints
 from llmops.errors import ServiceError
+from llmops.pool.manager import backend_name
 from llmops.prefect_api import PrefectApi
 
 Say = Callable[[str], None]
@@ -68,7 +69,7 @@ def run_smoke(ep: Endpoints, say: Say = print) -> SmokeResult:
     say(f"  gateway: {question!r} -> {answer!r} (v{version}, {completion_s:.2f}s)")
     if "paris" not in answer.lower():
         raise ServiceError(f"the model's answer {answer!r} does not mention Paris", "read the node log")
-    backend = f"llm_{ep.model_name.replace('-', '_')}"
+    backend = backend_name(ep.model_name)
     n = wait_metric(ep, f'haproxy_backend_http_requests_total{{proxy="{backend}"}}', 1)
     say(f"  prometheus: haproxy_backend_http_requests_total{{proxy={backend!r}}} = {n:g}")
 

@@ -16,11 +16,8 @@ from llmops import proc
 from llmops.basemodel import ensure_base_registered
 from llmops.endpoints import Endpoints
 from llmops.errors import ServiceError
-from llmops.model_cache import ModelCache
-from llmops.pool.haproxy import HAProxyRuntime
-from llmops.pool.launcher import LocalProcessLauncher
-from llmops.pool.manager import Pool
-from llmops.pool.state import NodeStatus, PoolStore
+from llmops.pool.manager import Pool, stack_pool
+from llmops.pool.state import NodeStatus
 from llmops.registry import MlflowRegistry
 from llmops.stackconfig import StackConfig
 
@@ -68,14 +65,7 @@ class Stack:
         tmp.replace(self.state_file)
 
     def pool(self) -> Pool:
-        sd = self.cfg.state_dir
-        return Pool(
-            model=self.cfg.model.name, backend=svc.backend_name(self.cfg.model.name),
-            registry=MlflowRegistry(self.ep.mlflow_url), cache=ModelCache(sd / "models"),
-            launcher=LocalProcessLauncher(sd / "nodes", self.cfg.serving, svc.REPO_ROOT),
-            lb=HAProxyRuntime(self.ep.haproxy_socket), store=PoolStore(sd / "pool" / "pool.json"),
-            targets_file=sd / "prometheus" / "targets" / "nodes.json", host=self.cfg.host,
-            node_base_port=self.cfg.ports.node_base, ready_timeout_s=self.cfg.serving.start_timeout_s)
+        return stack_pool(self.cfg, self.ep.mlflow_url, self.ep.haproxy_socket, svc.REPO_ROOT)
 
     # ---- up ----------------------------------------------------------------------------------
     def up(self, say: Say = print) -> dict[str, float]:

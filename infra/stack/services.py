@@ -17,6 +17,7 @@ import yaml
 
 from llmops.endpoints import Endpoints
 from llmops.errors import ServiceError
+from llmops.pool.manager import backend_name
 from llmops.stackconfig import StackConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -97,11 +98,6 @@ def endpoints_for(cfg: StackConfig) -> Endpoints:
         haproxy_socket=sd / "haproxy" / "admin.sock", model_name=cfg.model.name,
         model_alias=cfg.model.alias, work_pool=cfg.work_pool,
     )
-
-
-def backend_name(model_name: str) -> str:
-    """HAProxy backend serving one registered model."""
-    return f"llm_{model_name.replace('-', '_')}"
 
 
 def seaweedfs(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:

@@ -9,9 +9,10 @@ from llmops import proc
 from llmops.errors import ServiceError
 from llmops.model_cache import ModelCache
 from llmops.pool.haproxy import HAProxyRuntime
-from llmops.pool.launcher import NodeLauncher
+from llmops.pool.launcher import LocalProcessLauncher, NodeLauncher
 from llmops.pool.state import NodeRecord, NodeStatus, PoolStore
-from llmops.registry import ModelRegistry, pull_verified
+from llmops.registry import MlflowRegistry, ModelRegistry, pull_verified
+from llmops.stackconfig import StackConfig
 
 
 class Pool:
@@ -99,3 +100,18 @@ class Pool:
     def _forget(self, name: str) -> None:
         with self.store.update() as state:
             state.nodes.pop(name, None)
+
+
+def backend_name(model_name: str) -> str:
+    """HAProxy backend serving one registered model."""
+    return f"llm_{model_name.replace('-', '_')}"
+
+
+def stack_pool(cfg: StackConfig, mlflow_url: str, haproxy_socket: Path, repo_root: Path) -> Pool:
+    """The pool of a local stack's model, wired to its registry, cache, launcher, HAProxy and state files."""
+    sd = cfg.state_dir
+    return Pool(model=cfg.model.name, backend=backend_name(cfg.model.name), registry=MlflowRegistry(mlflow_url),
+                cache=ModelCache(sd / "models"), launcher=LocalProcessLauncher(sd / "nodes", cfg.serving, repo_root),
+                lb=HAProxyRuntime(haproxy_socket), store=PoolStore(sd / "pool" / "pool.json"),
+                targets_file=sd / "prometheus" / "targets" / "nodes.json", host=cfg.host,
+                node_base_port=cfg.ports.node_base, ready_timeout_s=cfg.serving.start_timeout_s)
