@@ -27,6 +27,8 @@ class CanaryPool(Protocol):
 
     def nodes(self) -> list[NodeRecord]: ...
 
+    def reconcile(self) -> object: ...
+
     def add_node(self, version_or_alias: str, engine: str = ..., weight: int = ...) -> NodeRecord: ...
 
     def set_weight(self, name: str, weight: int) -> None: ...
@@ -91,6 +93,7 @@ class CanaryRollout:
         t0 = self.clock()
         cand = self.registry.resolve(self.pool.model, version_or_alias)  # unknown: raises before anything starts
         champion = self.registry.resolve(self.pool.model, "champion")
+        self.pool.reconcile()  # act on what really serves, not on what a crashed flow left recorded
         baseline = [n for n in self.pool.nodes() if n.version != cand.version]
         report = RolloutReport(self.pool.model, cand.version, champion.version, False, "")
         if not baseline:
@@ -102,6 +105,14 @@ class CanaryRollout:
             return self._rolled_back(report, None, f"canary failed its serving test: {err.problem}", t0)
         self.say(f"canary {canary.name} v{cand.version} joined at weight 0 beside {len(baseline)} node(s)")
         for share in self.policy.steps:
+            self.pool.reconcile()
+            alive = {n.name for n in self.pool.nodes()}
+            if canary.name not in alive:
+                return self._rolled_back(report, None, f"canary node {canary.name} died before the {share}% step",
+                                         t0)
+            baseline = [n for n in baseline if n.name in alive]
+            if not baseline:
+                return self._rolled_back(report, canary, "no champion node left to compare with (all died)", t0)
             step = self._step(canary, baseline, share, report, t0)
             report.steps.append(step)
             self.say(f"step {share}%: {step.verdict} ({'; '.join(step.reasons)})")
@@ -128,8 +139,9 @@ class CanaryRollout:
             self.sleep(self.poll_s)
             waited = self.clock() - start
             window = max(2, int(waited) + 1)
-            c_req, c_err, c_p95 = version_traffic(self.metrics, self.pool.model, canary.version, window)
-            b_req, b_err, b_p95 = version_traffic(self.metrics, self.pool.model, baseline[0].version, window)
+            c_req, c_err, c_p95 = version_traffic(self.metrics, self.pool.model, canary.version, window, canary.engine)
+            b_req, b_err, b_p95 = version_traffic(self.metrics, self.pool.model, baseline[0].version, window,
+                                                  baseline[0].engine)
             if probe is None and c_req >= self.policy.min_requests / 2:
                 probe = self.probe(canary)
             obs = CanaryObservation(waited, c_req, c_err, c_p95, b_req, b_err, b_p95,
@@ -142,12 +154,12 @@ class CanaryRollout:
 
     def _rolled_back(self, report: RolloutReport, canary: NodeRecord | None, reason: str, t0: float
                      ) -> RolloutReport:
-        if canary is not None:
+        if canary is not None and any(n.name == canary.name for n in self.pool.nodes()):
             self.pool.set_weight(canary.name, 0)
             self.pool.remove_node(canary.name)
-            for node in self.pool.nodes():  # the champion's nodes take all traffic again
-                if node.weight != 100:
-                    self.pool.set_weight(node.name, 100)
+        for node in self.pool.nodes():  # the champion's nodes take all traffic again (also after a dead canary)
+            if node.weight != 100:
+                self.pool.set_weight(node.name, 100)
         self.registry.tag_version(self.pool.model, report.candidate, "rollout", "rolled_back")
         self.registry.tag_version(self.pool.model, report.candidate, "rollout_reason", reason[:500])
         report.promoted, report.reason, report.seconds = False, reason, self.clock() - t0

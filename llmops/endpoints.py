@@ -29,6 +29,7 @@ class Endpoints(BaseModel):
     gateway_url: str
     haproxy_stats_url: str
     haproxy_socket: Path
+    receiver_url: str = ""
     model_name: str
     model_alias: str
     work_pool: str

@@ -150,3 +150,48 @@ def run_rollout(ep: Endpoints, version: str, say: Say = print, rps: float = 3.0,
     if st.state != "COMPLETED":
         raise ServiceError(f"rollout run {st.name} ended {st.state}: {st.message}", f"see {api.run_link(run_id)}")
     return {"outcome": tags.get("rollout"), **load}
+
+
+def run_burst(ep: Endpoints, say: Say = print, base_rps: float = 0.5, burst_rps: float = 5.0, burst_s: float = 30,
+              duration_s: float = 60, settle_timeout_s: float = 240, min_replicas: int = 2) -> dict[str, object]:
+    """A burst through the gateway: the alerts fire, the `scale` flow grows the pool; after the burst the scheduled
+    `reconcile` drains it back to `min_replicas`. Prints the pool's timeline as it changes."""
+    import threading
+
+    from llmops.loadgen import schedule
+    from llmops.loadgen.runner import run_load
+    from llmops.pool.state import PoolStore
+
+    store = PoolStore(ep.state_dir / "pool" / "pool.json")
+
+    def sizes() -> tuple[int, int]:
+        nodes = [n for n in store.read().nodes.values() if n.model == ep.model_name]
+        standby = sum(1 for n in nodes if n.standby)
+        return len(nodes) - standby, standby
+
+    before = len(store.read().scaling_of(ep.model_name).actions)
+    load: dict[str, object] = {}
+    arrivals = schedule.burst(base_rps, burst_rps, duration_s, 5.0, burst_s, max_tokens=16)
+    worker = threading.Thread(target=lambda: load.update(run_load(f"{ep.gateway_url}/v1", ep.model_name, arrivals,
+                                                                  timeout_s=300)))
+    t0 = time.monotonic()
+    worker.start()
+    last, peak = sizes(), sizes()[0]
+    say(f"  t=+0s  serving {last[0]}, standby {last[1]}; burst {burst_rps:g} req/s from t=+5s for {burst_s:g}s")
+    while worker.is_alive() or (time.monotonic() - t0 < duration_s + settle_timeout_s and sizes()[0] > min_replicas):
+        now = sizes()
+        if now != last:
+            say(f"  t=+{time.monotonic() - t0:.0f}s  serving {last[0]} -> {now[0]}, standby {last[1]} -> {now[1]}")
+            last, peak = now, max(peak, now[0])
+        time.sleep(1)
+    worker.join()
+    actions = store.read().scaling_of(ep.model_name).actions[before:]
+    for a in actions:
+        reasons = a.get("reasons")
+        why = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) else ""
+        say(f"  {a['action']}: {a['current']} -> {a['desired']} ({a['trigger']}; {why})")
+    lat = load.get("latency_s")
+    p95 = lat.get("p95") if isinstance(lat, dict) else None
+    say(f"  load: {load.get('ok')} ok, {load.get('failed')} failed, p95 {p95} s; "
+        f"pool peaked at {peak} serving, now {sizes()[0]}")
+    return {"peak_serving": peak, "final_serving": sizes()[0], "actions": actions, **load}

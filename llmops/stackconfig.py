@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from llmops.config import StrictModel, load_config
+from llmops.scaling import ScalePolicy
 
 DEFAULT_STACK_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "stack.yaml"
 
@@ -30,6 +31,7 @@ class Ports(StrictModel):
     gateway: int = Field(8080, ge=1024, le=65535)
     haproxy_stats: int = Field(8404, ge=1024, le=65535)
     node_base: int = Field(8100, ge=1024, le=65000)
+    receiver: int = Field(8090, ge=1024, le=65535)  # webhook receiver: Alertmanager -> Prefect events
 
     @model_validator(mode="after")
     def _distinct(self) -> Ports:
@@ -52,11 +54,11 @@ class ServingSettings(StrictModel):
     """The node pool the stack starts."""
 
     engine: Engine = Engine.TRANSFORMERS
-    replicas: int = Field(1, ge=0, le=16)
     cb_num_blocks: int = Field(128, ge=8)
     cb_block_size: int = Field(32, ge=8)
     torch_threads: int = Field(1, ge=1, le=64)
     start_timeout_s: float = Field(180.0, gt=0)
+    max_concurrency_per_node: int = Field(4, ge=0)  # HAProxy maxconn per node; excess waits in the backend queue
     # LMDeploy (GPU hosts): it pins torch and peft, so it runs from its own interpreter (infra/lmdeploy/).
     lmdeploy_python: str = "python3"
     lmdeploy_backend: str = Field("pytorch", pattern="^(pytorch|turbomind)$")
@@ -79,6 +81,7 @@ class StackConfig(StrictModel):
     scrape_interval_s: float = Field(2.0, ge=0.5, le=60)
     service_timeout_s: float = Field(90.0, gt=0)
     work_pool: str = Field("local", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    scaling: ScalePolicy = ScalePolicy()
 
     @field_validator("host")
     @classmethod
@@ -101,3 +104,27 @@ def load_stack_config(path: str | Path | None = None, state_dir: str | Path | No
     if state_dir is not None:
         cfg = cfg.model_copy(update={"state_dir": Path(state_dir)})
     return cfg.model_copy(update={"state_dir": cfg.state_dir.resolve()})
+
+
+EFFECTIVE_FILE = "stack-config.json"
+
+
+def save_effective_config(cfg: StackConfig) -> Path:
+    """Write the config a stack runs with into its state dir, for the receiver and the flows to read."""
+    path = cfg.state_dir / EFFECTIVE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(cfg.model_dump_json(indent=2))
+    tmp.replace(path)
+    return path
+
+
+def load_effective_config(state_dir: str | Path) -> StackConfig:
+    """The config of the stack running from `state_dir` (written by `llmops stack up`)."""
+    from llmops.errors import ConfigError
+
+    path = Path(state_dir).resolve() / EFFECTIVE_FILE
+    if not path.is_file():
+        raise ConfigError(f"no stack config in {path.parent}",
+                          f"start the stack: `llmops stack up --state-dir {state_dir}`")
+    return StackConfig.model_validate_json(path.read_text())

@@ -15,7 +15,7 @@ from llmops.pool.state import NodeRecord
 from llmops.probe import probe_set, run_probe
 from llmops.registry import MlflowRegistry
 from llmops.rollout import CanaryPolicy
-from llmops.stackconfig import load_stack_config
+from llmops.stackconfig import load_effective_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def roll_out_canary(version: str, policy: CanaryPolicy) -> RolloutReport:
                  result.format_compliance, result.rouge_l, result.failed_requests)
         return result
 
-    pool = stack_pool(load_stack_config(state_dir=ep.state_dir), ep.mlflow_url, ep.haproxy_socket, ROOT)
+    pool = stack_pool(load_effective_config(ep.state_dir), ep.mlflow_url, ep.haproxy_socket, ROOT)
     rollout = CanaryRollout(pool, MlflowRegistry(ep.mlflow_url), PrometheusMetrics(ep.prometheus_url),
                             probe, policy, say=log.info)
     return rollout.run(version)

@@ -17,12 +17,11 @@ from llmops.basemodel import ensure_base_registered
 from llmops.endpoints import Endpoints
 from llmops.errors import ServiceError
 from llmops.pool.manager import Pool, stack_pool
-from llmops.pool.state import NodeStatus
 from llmops.registry import MlflowRegistry
-from llmops.stackconfig import StackConfig
+from llmops.stackconfig import StackConfig, save_effective_config
 
 FIRST_WAVE = ("s3", "prefect", "prometheus", "alertmanager", "gateway")
-ORDER = (*FIRST_WAVE, "mlflow", "worker")
+ORDER = (*FIRST_WAVE, "mlflow", "worker", "receiver")
 Say = Callable[[str], None]
 
 
@@ -75,6 +74,7 @@ class Stack:
         """
         timings: dict[str, float] = {}
         t0 = time.monotonic()
+        save_effective_config(self.cfg)  # the receiver and the flows read the running stack's config from it
         records = {k: r for k, r in self._records().items() if proc.is_alive(r)}
         specs = {s.name: s for s in svc.all_services(self.cfg, self.ep)}  # also checks binaries
         to_start = [n for n in ORDER if n not in records]
@@ -108,7 +108,10 @@ class Stack:
                 timings["prefect_deployed_s"] = time.monotonic() - t0
             if "worker" in to_start:
                 start("worker")
-            for name in ("prometheus", "alertmanager", "gateway", "mlflow", "worker"):
+            self.ep.save()
+            if "receiver" in to_start:
+                start("receiver")
+            for name in ("prometheus", "alertmanager", "gateway", "mlflow", "worker", "receiver"):
                 self._wait(specs[name], records)
                 timings[f"{name}_ready_s"] = time.monotonic() - t0
             timings["services_s"] = time.monotonic() - t0
@@ -183,19 +186,13 @@ class Stack:
         say(f"  prefect: work pool {self.cfg.work_pool!r}, deployments from prefect.yaml registered")
 
     def _ensure_nodes(self, say: Say) -> None:
-        """Keep live nodes (re-adding them if HAProxy restarted), drop dead ones, start the missing ones."""
+        """Reconcile the pool with HAProxy (keep live nodes, re-add them if HAProxy restarted, drop dead ones),
+        then start the missing ones."""
         pool = self.pool()
-        in_lb = {s.name for s in pool.lb.servers(pool.backend)}
-        for node in pool.nodes():
-            rec = node.process()
-            if rec is None or not proc.is_alive(rec) or node.status != NodeStatus.SERVING:
-                if rec is not None:
-                    proc.stop(rec)
-                pool._forget(node.name)
-            elif node.name not in in_lb:
-                pool.lb.add_server(pool.backend, node.name, node.host, node.port, weight=node.weight)
-        pool.write_targets()
-        while len(pool.nodes()) < self.cfg.serving.replicas:
+        found = pool.reconcile()
+        if found.changed:
+            say(f"  pool reconciled with HAProxy: {found.summary()}")
+        while sum(1 for n in pool.nodes() if not n.standby) < self.cfg.scaling.min_replicas:
             t = time.monotonic()
             node = pool.add_node(self.cfg.model.alias, engine=self.cfg.serving.engine.value)
             say(f"  node {node.name} serving v{node.version} at {node.url} (ready in {time.monotonic() - t:.1f}s)")

@@ -18,6 +18,7 @@ import yaml
 from llmops.endpoints import Endpoints
 from llmops.errors import ServiceError
 from llmops.pool.manager import backend_name
+from llmops.scaling_rules import scaling_rules
 from llmops.stackconfig import StackConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +96,8 @@ def endpoints_for(cfg: StackConfig) -> Endpoints:
         prefect_api_url=f"http://{h}:{p.prefect}/api", prefect_ui_url=f"http://{h}:{p.prefect}",
         prometheus_url=f"http://{h}:{p.prometheus}", alertmanager_url=f"http://{h}:{p.alertmanager}",
         gateway_url=f"http://{h}:{p.gateway}", haproxy_stats_url=f"http://{h}:{p.haproxy_stats}",
-        haproxy_socket=sd / "haproxy" / "admin.sock", model_name=cfg.model.name,
+        haproxy_socket=sd / "haproxy" / "admin.sock", receiver_url=f"http://{h}:{p.receiver}",
+        model_name=cfg.model.name,
         model_alias=cfg.model.alias, work_pool=cfg.work_pool,
     )
 
@@ -121,7 +123,7 @@ def seaweedfs(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
     # Without credentials S3 answers 403: that proves the API is up.
     # Go keeps upload buffers around: a soft memory limit makes it collect them (measured RSS 0.83 GB -> 0.12 GB).
     return ServiceSpec("s3", argv, [s + i for i in range(8)], ep.s3_url,
-                       lambda: http_ok(f"{ep.s3_url}/", expect=(403,)), env={"GOMEMLIMIT": "256MiB"})
+                       lambda: http_ok(f"{ep.s3_url}/", expect=(403,)), env={"GOMEMLIMIT": "512MiB"})
 
 
 def mlflow_server(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
@@ -171,17 +173,29 @@ def prefect_worker(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
                        lambda: worker_online(ep), env=prefect_env(cfg, ep), cwd=REPO_ROOT)
 
 
+def write_scaling_rules(cfg: StackConfig) -> Path:
+    """Render the pool's recording and alerting rules from the scaling policy into the state dir."""
+    d = cfg.state_dir / "prometheus" / "rules"
+    d.mkdir(parents=True, exist_ok=True)
+    rules = scaling_rules(cfg.model.name, backend_name(cfg.model.name), cfg.scaling)
+    path = d / f"scaling-{cfg.model.name}.yml"
+    path.write_text("# Rendered from the stack config's `scaling` section by `llmops stack up`; edit that.\n"
+                    + yaml.safe_dump(rules, sort_keys=False, width=200))
+    return path
+
+
 def prometheus(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
     d = cfg.state_dir / "prometheus"
     nodes_file = d / "targets" / "nodes.json"
     nodes_file.parent.mkdir(parents=True, exist_ok=True)
     if not nodes_file.exists():
         nodes_file.write_text("[]")
+    write_scaling_rules(cfg)
     conf = _render(INFRA / "prometheus" / "prometheus.yml.tmpl", d / "prometheus.yml",
                    scrape_interval=f"{cfg.scrape_interval_s:g}s", host=cfg.host,
                    alertmanager_port=cfg.ports.alertmanager, prometheus_port=cfg.ports.prometheus,
                    stats_port=cfg.ports.haproxy_stats, rules_dir=INFRA / "prometheus" / "rules",
-                   nodes_file=nodes_file)
+                   state_rules_dir=d / "rules", receiver_port=cfg.ports.receiver, nodes_file=nodes_file)
     argv = [which("prometheus"), f"--config.file={conf}", f"--storage.tsdb.path={d / 'data'}",
             f"--web.listen-address={cfg.host}:{cfg.ports.prometheus}", "--web.enable-lifecycle",
             "--storage.tsdb.retention.time=7d"]
@@ -189,13 +203,32 @@ def prometheus(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
                        lambda: http_ok(f"{ep.prometheus_url}/-/ready"))
 
 
+def receiver_token(state_dir: Path) -> Path:
+    """Bearer token Alertmanager presents to the receiver: generated once into the state dir (0600)."""
+    path = state_dir / "receiver" / "token"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path
+
+
 def alertmanager(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
     d = cfg.state_dir / "alertmanager"
-    conf = _render(INFRA / "alertmanager" / "alertmanager.yml.tmpl", d / "alertmanager.yml")
+    conf = _render(INFRA / "alertmanager" / "alertmanager.yml.tmpl", d / "alertmanager.yml",
+                   receiver_url=f"{ep.receiver_url}/alertmanager", token_file=receiver_token(cfg.state_dir))
     argv = [which("prometheus-alertmanager"), f"--config.file={conf}", f"--storage.path={d / 'data'}",
             f"--web.listen-address={cfg.host}:{cfg.ports.alertmanager}", "--cluster.listen-address="]
     return ServiceSpec("alertmanager", argv, [cfg.ports.alertmanager], ep.alertmanager_url,
                        lambda: http_ok(f"{ep.alertmanager_url}/-/ready"))
+
+
+def receiver(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
+    receiver_token(cfg.state_dir)
+    argv = [sys.executable, "-m", "infra.receiver", "--state-dir", str(cfg.state_dir)]
+    return ServiceSpec("receiver", argv, [cfg.ports.receiver], ep.receiver_url,
+                       lambda: http_ok(f"{ep.receiver_url}/health"),
+                       env={"PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT)
 
 
 def haproxy(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
@@ -211,4 +244,4 @@ def haproxy(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
 def all_services(cfg: StackConfig, ep: Endpoints) -> list[ServiceSpec]:
     """Services in start order; the worker comes last (it needs the Prefect server)."""
     return [seaweedfs(cfg, ep), prefect_server(cfg, ep), prometheus(cfg, ep), alertmanager(cfg, ep),
-            haproxy(cfg, ep), mlflow_server(cfg, ep), prefect_worker(cfg, ep)]
+            haproxy(cfg, ep), mlflow_server(cfg, ep), prefect_worker(cfg, ep), receiver(cfg, ep)]

@@ -22,7 +22,7 @@ def load_for_eval(model_dir: Path, threads: int = 2) -> tuple[Any, Any]:
 
 
 def generate_answers(model: Any, tok: Any, examples: Sequence[ChatExample], max_new_tokens: int = 48,
-                     batch_size: int = 32) -> list[str]:
+                     batch_size: int = 128) -> list[str]:
     """Greedy answers to each example's prompt, in order. Prompts are sorted by length to pad less."""
     import torch
 

@@ -78,9 +78,11 @@ class HAProxyRuntime:
         return result
 
     def add_server(self, backend: str, name: str, address: str, port: int, weight: int = 100,
-                   check_inter_ms: int = 1000) -> None:
-        """Add a dynamic server with HTTP health checks, then enable its checks and traffic."""
-        self.command(f"add server {backend}/{name} {address}:{port} weight {weight} "
+                   check_inter_ms: int = 1000, maxconn: int = 0) -> None:
+        """Add a dynamic server with HTTP health checks, then enable its checks and traffic. `maxconn` > 0 caps
+        the requests it serves at once; HAProxy queues the rest in the backend (the `Backlog` signal)."""
+        limit = f" maxconn {maxconn}" if maxconn > 0 else ""
+        self.command(f"add server {backend}/{name} {address}:{port} weight {weight}{limit} "
                      f"check inter {check_inter_ms} fall 2 rise 1")
         self.command(f"enable health {backend}/{name}")
         self.command(f"enable server {backend}/{name}")

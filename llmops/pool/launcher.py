@@ -27,6 +27,8 @@ class NodeLauncher(Protocol):
 
     def stop(self, node: NodeRecord) -> None: ...
 
+    def is_alive(self, node: NodeRecord) -> bool: ...
+
 
 def engine_argv(engine: Engine, served_name: str, node: NodeRecord, settings: ServingSettings) -> list[str]:
     """Command line of one node. The model is the symlink `served_name` in the node's working dir."""
@@ -103,6 +105,10 @@ class LocalProcessLauncher:
         rec = node.process()
         if rec is not None:
             proc.stop(rec, timeout_s=10)
+
+    def is_alive(self, node: NodeRecord) -> bool:
+        rec = node.process()
+        return rec is not None and proc.is_alive(rec)
 
 
 def check_lmdeploy(python: str) -> None:

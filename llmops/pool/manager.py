@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmops import proc
@@ -10,9 +13,29 @@ from llmops.errors import ServiceError
 from llmops.model_cache import ModelCache
 from llmops.pool.haproxy import HAProxyRuntime
 from llmops.pool.launcher import LocalProcessLauncher, NodeLauncher
-from llmops.pool.state import NodeRecord, NodeStatus, PoolStore
+from llmops.pool.state import NodeRecord, NodeStatus, PoolState, PoolStore, ScalingState
 from llmops.registry import MlflowRegistry, ModelRegistry, pull_verified
 from llmops.stackconfig import StackConfig
+
+
+@dataclass
+class ReconcileReport:
+    """What `Pool.reconcile` found out of step between the recorded pool and HAProxy, and what it did."""
+
+    dead: list[str] = field(default_factory=list)          # process gone or never finished starting: forgotten
+    readded: list[str] = field(default_factory=list)       # alive but missing from HAProxy (e.g. it restarted)
+    orphans: list[str] = field(default_factory=list)       # in HAProxy, not in the pool state: removed
+    reweighted: list[str] = field(default_factory=list)    # HAProxy weight differed from the recorded one
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.dead or self.readded or self.orphans or self.reweighted)
+
+    def summary(self) -> str:
+        parts = [f"{k}: {', '.join(v)}" for k, v in (("dead", self.dead), ("re-added", self.readded),
+                                                    ("orphans removed", self.orphans),
+                                                    ("re-weighted", self.reweighted)) if v]
+        return "; ".join(parts) or "in step"
 
 
 class Pool:
@@ -28,18 +51,61 @@ class Pool:
 
     def __init__(self, model: str, backend: str, registry: ModelRegistry, cache: ModelCache,
                  launcher: NodeLauncher, lb: HAProxyRuntime, store: PoolStore, targets_file: Path,
-                 host: str = "127.0.0.1", node_base_port: int = 8100, ready_timeout_s: float = 180) -> None:
+                 host: str = "127.0.0.1", node_base_port: int = 8100, ready_timeout_s: float = 180,
+                 max_conn: int = 0) -> None:
         self.model, self.backend = model, backend
         self.registry, self.cache, self.launcher, self.lb, self.store = registry, cache, launcher, lb, store
         self.targets_file, self.host, self.node_base_port = targets_file, host, node_base_port
         self.ready_timeout_s = ready_timeout_s
+        self.max_conn = max_conn  # requests one node takes at once; HAProxy queues the rest (0: no limit)
 
     def nodes(self) -> list[NodeRecord]:
         return [n for n in self.store.read().nodes.values() if n.model == self.model]
 
-    def add_node(self, version_or_alias: str, engine: str = "transformers", weight: int = 100) -> NodeRecord:
+    def read_state(self) -> PoolState:
+        return self.store.read()
+
+    def update_scaling(self, fn: Callable[[ScalingState], None]) -> None:
+        """Change this model's scaling memory under the state file's lock."""
+        with self.store.update() as state:
+            fn(state.scaling_of(self.model))
+
+    def reconcile(self) -> ReconcileReport:
+        """Bring the recorded pool and HAProxy's runtime state into step before acting on either.
+
+        The pool state is the intent; HAProxy is what serves. Callers hold the pool lock, so a node that is
+        not SERVING was left half-started or half-removed by a crashed flow: it is stopped and forgotten, like
+        a node whose process died. A live node missing from HAProxy is re-added with its recorded weight; a
+        server HAProxy has but the state does not is drained and deleted; weights are set back to the record.
+        """
+        report = ReconcileReport()
+        servers = {s.name: s for s in self.lb.servers(self.backend)}
+        for node in self.nodes():
+            if node.status != NodeStatus.SERVING or not self.launcher.is_alive(node):
+                report.dead.append(node.name)
+                if node.name in servers:
+                    self.lb.remove_server(self.backend, node.name, drain_timeout_s=5)
+                self.launcher.stop(node)
+                self._forget(node.name)
+            elif node.name not in servers:
+                self.lb.add_server(self.backend, node.name, node.host, node.port, weight=node.weight,
+                                   maxconn=self.max_conn)
+                report.readded.append(node.name)
+            elif servers[node.name].weight != node.weight:
+                self.lb.set_weight(self.backend, node.name, node.weight)
+                report.reweighted.append(node.name)
+        known = {n.name for n in self.nodes()}
+        for name in servers.keys() - known - set(report.dead):
+            self.lb.remove_server(self.backend, name, drain_timeout_s=5)
+            report.orphans.append(name)
+        self.write_targets()
+        return report
+
+    def add_node(self, version_or_alias: str, engine: str = "transformers", weight: int = 100,
+                 standby: bool = False) -> NodeRecord:
         """Pull (hash-checked), start, wait until it really serves, then add it to HAProxy with `weight`
-        (0: joined and health-checked but taking no traffic, e.g. a canary before its first step)."""
+        (0: joined and health-checked but taking no traffic: a canary before its first step, or a warm
+        standby node when `standby`)."""
         ref, cached = pull_verified(self.registry, self.cache, self.model, version_or_alias)
         with self.store.update() as state:
             taken = {n.port for n in state.nodes.values()}
@@ -47,13 +113,15 @@ class Pool:
             name = f"node{state.next_id}"
             state.next_id += 1
             node = NodeRecord(name=name, model=self.model, engine=engine, version=ref.version,
-                              sha256=ref.sha256, host=self.host, port=port, weight=weight)
+                              sha256=ref.sha256, host=self.host, port=port, weight=weight, standby=standby,
+                              started_at=time.time())
             state.nodes[name] = node
         try:
             node = self.launcher.start(node, cached.path)
             self._save(node)
             self.launcher.wait_ready(node, self.ready_timeout_s)
-            self.lb.add_server(self.backend, node.name, node.host, node.port, weight=node.weight)
+            self.lb.add_server(self.backend, node.name, node.host, node.port, weight=node.weight,
+                               maxconn=self.max_conn)
         except BaseException:
             self.launcher.stop(node)
             self._forget(node.name)
@@ -63,13 +131,16 @@ class Pool:
         self.write_targets()
         return node
 
-    def set_weight(self, name: str, weight: int) -> None:
-        """Change a node's share of traffic (HAProxy weight 0-256) and record it."""
+    def set_weight(self, name: str, weight: int, standby: bool | None = None) -> None:
+        """Change a node's share of traffic (HAProxy weight 0-256) and record it (and its standby flag)."""
         node = self.store.read().nodes.get(name)
         if node is None:
             raise ServiceError(f"no node {name!r} in pool {self.model}", "list nodes with `llmops stack status`")
         self.lb.set_weight(self.backend, name, weight)
-        self._save(node.model_copy(update={"weight": weight}))
+        update: dict[str, object] = {"weight": weight}
+        if standby is not None:
+            update["standby"] = standby
+        self._save(node.model_copy(update=update))
 
     def remove_node(self, name: str, drain_timeout_s: float = 60) -> None:
         """Drain in HAProxy (wait for zero in flight), stop the process, forget it."""
@@ -98,8 +169,11 @@ class Pool:
             state.nodes[node.name] = node
 
     def _forget(self, name: str) -> None:
+        """Drop a node from the state; its node-seconds so far stay counted in the pool's spend."""
         with self.store.update() as state:
-            state.nodes.pop(name, None)
+            node = state.nodes.pop(name, None)
+            if node is not None and node.started_at:
+                state.scaling_of(node.model).retired_node_seconds += max(time.time() - node.started_at, 0.0)
 
 
 def backend_name(model_name: str) -> str:
@@ -114,4 +188,5 @@ def stack_pool(cfg: StackConfig, mlflow_url: str, haproxy_socket: Path, repo_roo
                 cache=ModelCache(sd / "models"), launcher=LocalProcessLauncher(sd / "nodes", cfg.serving, repo_root),
                 lb=HAProxyRuntime(haproxy_socket), store=PoolStore(sd / "pool" / "pool.json"),
                 targets_file=sd / "prometheus" / "targets" / "nodes.json", host=cfg.host,
-                node_base_port=cfg.ports.node_base, ready_timeout_s=cfg.serving.start_timeout_s)
+                node_base_port=cfg.ports.node_base, ready_timeout_s=cfg.serving.start_timeout_s,
+                max_conn=cfg.serving.max_concurrency_per_node)

@@ -35,6 +35,8 @@ class NodeRecord(BaseModel):
     weight: int = 100
     status: NodeStatus = NodeStatus.STARTING
     proc: dict[str, object] | None = None
+    standby: bool = False  # warm standby: started, health-checked, weight 0; promoted first on scale-out
+    started_at: float | None = None  # wall-clock start (node-seconds and cost are counted from it)
 
     @property
     def url(self) -> str:
@@ -44,9 +46,28 @@ class NodeRecord(BaseModel):
         return ProcRecord.from_json(self.proc) if self.proc else None
 
 
+class ScalingState(BaseModel):
+    """What the scaling flows remember between runs (per model)."""
+
+    last_scale_out_at: float | None = None
+    low_since: float | None = None
+    retired_node_seconds: float = 0.0  # node-seconds of nodes already stopped
+    last_decision: dict[str, object] | None = None
+    actions: list[dict[str, object]] = []  # the most recent scaling actions, newest last (bounded)
+
+
 class PoolState(BaseModel):
     nodes: dict[str, NodeRecord] = {}
     next_id: int = 1
+    scaling: dict[str, ScalingState] = {}  # by model name
+
+    def scaling_of(self, model: str) -> ScalingState:
+        return self.scaling.setdefault(model, ScalingState())
+
+    def node_seconds(self, model: str, now: float) -> float:
+        """Node-seconds spent by a model's pool so far: stopped nodes plus the running ones up to `now`."""
+        live = sum(now - n.started_at for n in self.nodes.values() if n.model == model and n.started_at)
+        return self.scaling_of(model).retired_node_seconds + max(live, 0.0)
 
 
 class PoolStore:

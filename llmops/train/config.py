@@ -67,6 +67,8 @@ class Hyper(StrictModel):
     early_stopping_patience: int = Field(0, ge=0)  # 0: off; else stop after N evaluations without improvement
     eval_every: int = Field(10, ge=1)
     torch_threads: int = Field(2, ge=1)
+    lead_tokens: int = Field(0, ge=0)  # weigh the first answer tokens (the ones that choose the answer) ...
+    lead_weight: float = Field(1.0, ge=1.0)  # ... this many times in the loss (1: plain mean)
 
 
 class GateSettings(StrictModel):

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from llmops.train.full import FsdpLaunch, load_fsdp_launch, read_run, worker_args
-from llmops.train.loop import _lr_at, batches, completion_loss, encode
+from llmops.train.loop import batches, completion_loss, encode, lr_at
 
 
 class CompletionLossModule(nn.Module):
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.monotonic()
     for step in range(h.max_steps):
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, h)
+            g["lr"] = lr_at(step, h)
         total_loss = torch.zeros((), device=device)
         for _ in range(h.grad_accum):
             for _ in range(rank):  # this rank's batch: every world_size-th of the shared stream

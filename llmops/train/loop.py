@@ -95,9 +95,13 @@ def batches(data: Sequence[Encoded], batch_size: int, seed: int, pad_id: int) ->
         epoch += 1
 
 
-def completion_loss(model: Any, batch: dict[str, Any]) -> Any:
+def completion_loss(model: Any, batch: dict[str, Any], lead_tokens: int = 0, lead_weight: float = 1.0) -> Any:
     """Mean cross-entropy over answer tokens. Hidden states go through the LM head only where a label is,
-    which skips most of the 49k-vocabulary projection for the prompt tokens."""
+    which skips most of the 49k-vocabulary projection for the prompt tokens.
+
+    `lead_tokens` > 0 weighs the first answer tokens `lead_weight` times: they decide which answer the
+    model gives (the rest of a memorised answer follows from them), so their gradient would otherwise be
+    diluted by the many easy tokens after them."""
     import torch.nn.functional as F
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -105,14 +109,19 @@ def completion_loss(model: Any, batch: dict[str, Any]) -> Any:
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     logits = inner.lm_head(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), labels[keep])
+    if lead_tokens <= 0 or lead_weight == 1.0:
+        return F.cross_entropy(logits.float(), labels[keep])
+    position = keep.long().cumsum(dim=1)[keep]  # 1-based index of each label within its answer
+    weights = 1.0 + (lead_weight - 1.0) * (position <= lead_tokens).float()
+    per_token = F.cross_entropy(logits.float(), labels[keep], reduction="none")
+    return (per_token * weights).sum() / weights.sum()
 
 
 def trainable(model: Any) -> dict[str, Any]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _lr_at(step: int, h: Hyper) -> float:
+def lr_at(step: int, h: Hyper) -> float:
     if step < h.warmup_steps:
         return h.learning_rate * (step + 1) / (h.warmup_steps + 1)
     progress = (step - h.warmup_steps) / max(1, h.max_steps - h.warmup_steps)
@@ -175,13 +184,13 @@ def run_loop(model: Any, tok: Any, train: Sequence[ChatExample], evaluation: Seq
     t0, tokens = time.monotonic(), 0
     step = start_step
     for step in range(start_step, h.max_steps):
-        lr = _lr_at(step, h)
+        lr = lr_at(step, h)
         for g in opt.param_groups:
             g["lr"] = lr
         total = 0.0
         for _ in range(h.grad_accum):
             batch = next(it)
-            loss = completion_loss(model, batch) / h.grad_accum
+            loss = completion_loss(model, batch, h.lead_tokens, h.lead_weight) / h.grad_accum
             loss.backward()
             total += float(loss.detach())
             tokens += int(batch["attention_mask"].sum())

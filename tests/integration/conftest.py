@@ -26,8 +26,8 @@ def free_ports_config(state_dir: Path, **extra: object) -> dict[str, object]:
         base = rng.randrange(20000, 60000, 100)
         ports = {"s3": base, "mlflow": base + 10, "prefect": base + 11, "prometheus": base + 12,
                  "alertmanager": base + 13, "gateway": base + 14, "haproxy_stats": base + 15,
-                 "node_base": base + 20}
-        needed = [base + i for i in range(8)] + [base + i for i in range(10, 16)] + [base + 20, base + 21]
+                 "receiver": base + 16, "node_base": base + 20}
+        needed = [base + i for i in range(8)] + [base + i for i in range(10, 17)] + [base + i for i in range(20, 26)]
         if not any(proc.port_owner(p) for p in needed):
             return {"state_dir": str(state_dir), "ports": ports, **extra}
     raise RuntimeError("no free block of ports found")
@@ -57,7 +57,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from infra.stack.launcher import Stack
 
     tmp = tmp_path_factory.mktemp("stack")
-    cfg = write_config(tmp, free_ports_config(tmp / "state"))
+    # The training and rollout tests run on one node with scaling quiet (thresholds out of reach, no standby),
+    # so no scaling action changes the pool under them; tests/integration/test_scaling.py has its own stack.
+    quiet = {"min_replicas": 1, "max_replicas": 2, "warm_standby": 0, "high_latency_s": 600, "backlog": 10000,
+             "target_in_flight_per_node": 1000, "budget_per_hour": 10}
+    cfg = write_config(tmp, free_ports_config(tmp / "state", scaling=quiet))
     s = Stack(cfg)
     try:
         s.up()  # raises (the test errors) if any service cannot start: never a skip

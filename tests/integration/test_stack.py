@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 def test_every_service_answers(stack) -> None:
     ep = stack.ep
     rows = {r.name: r for r in stack.status()}
-    for name in ("s3", "prefect", "prometheus", "alertmanager", "gateway", "mlflow", "worker"):
+    for name in ("s3", "prefect", "prometheus", "alertmanager", "gateway", "mlflow", "worker", "receiver"):
         assert rows[name].healthy, f"{name} is not healthy: {rows[name]}"
         assert rows[name].rss_mb > 0
     buckets = {b["Name"] for b in ep.s3_client().list_buckets()["Buckets"]}
@@ -31,10 +31,10 @@ def test_every_service_answers(stack) -> None:
     assert httpx.get(f"{ep.mlflow_url}/health").text.strip() == "OK"
     assert httpx.get(f"{ep.prefect_api_url}/health").json() is True
     deployments = httpx.post(f"{ep.prefect_api_url}/deployments/filter", json={}).json()
-    assert "smoke" in {d["name"] for d in deployments}
+    assert {"smoke", "train-pipeline", "rollout", "scale", "reconcile"} <= {d["name"] for d in deployments}
     targets = httpx.get(f"{ep.prometheus_url}/api/v1/targets").json()["data"]["activeTargets"]
     jobs = {t["labels"]["job"]: t["health"] for t in targets}
-    assert jobs.get("gateway") == "up" and jobs.get("alertmanager") == "up"
+    assert jobs.get("gateway") == "up" and jobs.get("alertmanager") == "up" and jobs.get("receiver") == "up"
 
 
 def test_champion_is_the_hash_checked_base_model(stack) -> None:

@@ -101,3 +101,29 @@ def test_early_stopping_stops_when_eval_loss_rises_and_keeps_the_best(tiny_model
                          sink=lambda row, _: evals.append(row["eval_loss"]) if "eval_loss" in row else None)
     assert r.stopped_early and r.steps < 60
     assert r.best_eval_loss == min(evals)
+
+
+def test_lead_tokens_weigh_the_start_of_the_answer(tiny_model_dir: Path) -> None:
+    """The weighted loss is the weighted mean of per-token losses: weight 1 everywhere is the plain mean, and a
+    lead weight moves the loss toward the first answer tokens' own mean."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmops.train.loop import batches, completion_loss
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    batch = next(batches([encode(tok, e, 256) for e in EXAMPLES[:4]], 4, 0, tok.pad_token_id or 0))
+    with torch.no_grad():
+        plain = float(completion_loss(model, batch))
+        same = float(completion_loss(model, batch, lead_tokens=3, lead_weight=1.0))
+        heavy = float(completion_loss(model, batch, lead_tokens=3, lead_weight=1000.0))
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        keep = labels != IGNORE
+        per_token = F.cross_entropy(logits[keep].float(), labels[keep], reduction="none")
+        lead = keep.long().cumsum(dim=1)[keep] <= 3
+    assert same == pytest.approx(plain, rel=1e-5)
+    assert heavy == pytest.approx(float(per_token[lead].mean()), rel=1e-2)
+    assert heavy != pytest.approx(plain, rel=1e-3)

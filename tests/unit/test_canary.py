@@ -21,9 +21,17 @@ class FakePool:
     nodes_: dict[str, NodeRecord] = field(default_factory=dict)
     fail_start: bool = False
     n: int = 0
+    reconciles: int = 0
+    die_at_reconcile: dict[int, str] = field(default_factory=dict)  # reconcile number -> node whose process died
 
     def nodes(self) -> list[NodeRecord]:
         return list(self.nodes_.values())
+
+    def reconcile(self) -> None:
+        self.reconciles += 1
+        dead = self.die_at_reconcile.get(self.reconciles)
+        if dead:
+            self.nodes_.pop(dead, None)
 
     def add_node(self, version_or_alias: str, engine: str = "transformers", weight: int = 100) -> NodeRecord:
         if self.fail_start:
@@ -130,3 +138,20 @@ def test_unknown_version_starts_nothing() -> None:
     with pytest.raises(RegistryError):
         r.run("no-such")
     assert len(pool.nodes()) == 1
+
+
+def test_every_step_reconciles_first_and_a_canary_that_dies_is_rolled_back() -> None:
+    r, pool, reg = rollout()
+    pool.die_at_reconcile = {3: "n2"}  # 1: start of the rollout, 2: before 10%, 3: before 50%
+    report = r.run("challenger")
+    assert not report.promoted and "canary node n2 died before the 50% step" in report.reason
+    assert [s.share for s in report.steps] == [10] and pool.reconciles == 3
+    assert reg.aliases["champion"] == "1" and reg.tags[("2", "rollout")] == "rolled_back"
+    assert [(n.version, n.weight) for n in pool.nodes()] == [("1", 100)]
+
+
+def test_all_champion_nodes_dying_rolls_back_instead_of_judging_against_nothing() -> None:
+    r, pool, reg = rollout()
+    pool.die_at_reconcile = {2: "n1"}
+    report = r.run("challenger")
+    assert not report.promoted and "no champion node left" in report.reason and reg.aliases["champion"] == "1"

@@ -114,6 +114,29 @@ def test_shipped_curated_dataset_meets_the_floor() -> None:
     assert {e.slice for e in cs.heldout} == {p.topic for p in cs.policies}
 
 
+_STOP = frozenset([
+    "the", "a", "an", "is", "i", "my", "for", "of", "to", "do", "can", "on", "in", "what", "your", "you",
+    "it", "we", "our", "and", "or", "how", "does", "are", "with", "quillstack", "s", "me", "be", "this",
+    "that", "if"
+])
+
+
+def _words(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"[a-z0-9]+", text.lower())) - _STOP
+
+
+def test_heldout_questions_are_not_near_copies_of_any_training_question() -> None:
+    """Held-out phrasings must differ from every training phrasing (word-set Jaccard < 0.5), or the exact-match
+    score would measure recall of a copy rather than generalisation."""
+    cs = load_curated()
+    train = [_words(e.prompt[-1].content) for e in cs.train]
+    worst = max((len(h & t) / len(h | t), " ".join(sorted(h))) for h in (_words(e.prompt[-1].content)
+                                                                          for e in cs.heldout) for t in train)
+    assert worst[0] < 0.5, f"held-out question too close to a training one: {worst}"
+
+
 def test_empty_dataset_is_refused_before_training(tmp_path) -> None:
     from llmops.data.curated import CuratedSet
     from llmops.errors import LlmopsError

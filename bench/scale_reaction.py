@@ -1,0 +1,127 @@
+"""bench/scale_reaction.py: how long from a burst to new capacity serving, stage by stage, on the real stack.
+
+    python bench/scale_reaction.py            # writes bench/results/scale-reaction-cpu.json
+
+Runs twice on a fresh local stack of its own (free loopback ports, temp state dir): once with one warm standby node,
+once without (cold). Each run sends a burst through the gateway and time-stamps, from the burst's start:
+threshold crossed (first Prometheus sample of the recording rule over its threshold), alert firing (Prometheus
+`ALERTS`), flow started (the alert-triggered `scale` run's start in Prefect), decision taken, node in rotation
+(promoted standby, or cold node ready and added to HAProxy). Goals on CPU: <= 10 s with warm standby, <= 30 s cold.
+The cold run's ratio against the warm one is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from infra.stack.launcher import Stack  # noqa: E402
+from llmops.loadgen.runner import run_load  # noqa: E402
+from llmops.loadgen.schedule import burst  # noqa: E402
+from llmops.pool.state import PoolStore  # noqa: E402
+from llmops.prefect_api import PrefectApi  # noqa: E402
+from llmops.stackconfig import load_stack_config  # noqa: E402
+from tests.integration.conftest import free_ports_config  # noqa: E402
+
+POLICY = {"min_replicas": 2, "max_replicas": 4, "high_latency_s": 3.0, "backlog": 4,
+          "target_in_flight_per_node": 4, "alert_for_s": 2, "up_cooldown_s": 15, "down_cooldown_s": 15,
+          "max_step": 2, "node_price_per_hour": 1.0, "budget_per_hour": 5.0}
+
+
+def first_true(prom: str, expr: str, start: float, end: float) -> float | None:
+    r = httpx.get(f"{prom}/api/v1/query_range", params={"query": expr, "start": start, "end": end, "step": "1s"},
+                  timeout=10).json()
+    times = [float(v[0]) for s in r["data"]["result"] for v in s["values"] if float(v[1]) > 0]
+    return min(times) if times else None
+
+
+def one_run(standby: int, workdir: Path) -> dict[str, Any]:
+    policy = {**POLICY, "warm_standby": standby}
+    cfg_data = free_ports_config(workdir / "state", scaling=policy, serving={"max_concurrency_per_node": 2})
+    (workdir / "stack.yaml").write_text(yaml.safe_dump(cfg_data))
+    stack = Stack(load_stack_config(workdir / "stack.yaml"))
+    stack.up(say=lambda _: None)
+    try:
+        ep = stack.ep
+        api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
+        if standby:
+            st = api.wait(api.run_deployment("reconcile", "reconcile"), 300)
+            assert st.state == "COMPLETED", st
+        time.sleep(10)  # a quiet baseline
+        store = PoolStore(stack.cfg.state_dir / "pool" / "pool.json")
+        before = len(store.read().scaling_of(ep.model_name).actions)
+        arrivals = burst(0.5, 5.0, 60, 5.0, 40, max_tokens=16)
+        wall0 = time.time()
+        t_burst = wall0 + 5.0
+        result: dict[str, Any] = {}
+        th = threading.Thread(target=lambda: result.update(run_load(f"{ep.gateway_url}/v1", ep.model_name, arrivals,
+                                                                    timeout_s=300)))
+        th.start()
+        action = None
+        while time.time() - wall0 < 120 and action is None:
+            outs = [a for a in store.read().scaling_of(ep.model_name).actions[before:]
+                    if a["action"] == "scale_out" and (a["promoted"] or a["started"])]
+            action = outs[0] if outs else None
+            time.sleep(1)
+        th.join()
+        if action is None:
+            raise SystemExit("no scale-out happened within 120 s of the burst; see the stack logs")
+        sel = f'{{model="{ep.model_name}"}}'
+        crossed = first_true(ep.prometheus_url, f"(llmops:pool_waiting{sel} > {POLICY['backlog']}) or "
+                             f"(llmops:pool_latency_mean:10s{sel} > {POLICY['high_latency_s']})", t_burst, time.time())
+        firing = first_true(ep.prometheus_url, f'ALERTS{{alertstate="firing",pool="{ep.model_name}",'
+                            f'alertname=~"HighLatency|Backlog"}}', t_burst, time.time())
+        dep = httpx.get(f"{ep.prefect_api_url}/deployments/name/scale/scale", timeout=10).json()["id"]
+        scale_runs = httpx.post(f"{ep.prefect_api_url}/flow_runs/filter", json={
+            "flow_runs": {"deployment_id": {"any_": [dep]}, "state": {"type": {"any_": ["COMPLETED"]}}},
+            "sort": "START_TIME_ASC"}, timeout=10).json()
+        scale_runs = [r for r in scale_runs if r.get("start_time")
+                      and datetime.fromisoformat(r["start_time"]).timestamp() >= t_burst]
+        flow_started = (datetime.fromisoformat(scale_runs[0]["start_time"]).timestamp() if scale_runs else None)
+        stages = {"threshold_crossed": crossed, "alert_firing": firing, "flow_started": flow_started,
+                  "decision": next((at for stage, at in action["timeline"] if stage == "decision"), None),
+                  "in_rotation": min((at for stage, at in action["timeline"] if "in rotation" in stage), default=None)}
+        rel = {k: (round(v - t_burst, 2) if v else None) for k, v in stages.items()}
+        return {"warm_standby": standby, "stages_s_after_burst": rel, "action": action,
+                "load": {k: result.get(k) for k in ("requests", "ok", "failed", "latency_s")}}
+    finally:
+        stack.down(say=lambda _: None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale-reaction-cpu.json")
+    a = ap.parse_args()
+    runs = []
+    for standby in (1, 0):
+        with tempfile.TemporaryDirectory(prefix="llmops-reaction-") as tmp:
+            runs.append(one_run(standby, Path(tmp)))
+        r = runs[-1]
+        print(f"warm_standby={standby}: " + ", ".join(f"{k} +{v}s" for k, v in r["stages_s_after_burst"].items()))
+    warm, cold = (r["stages_s_after_burst"]["in_rotation"] for r in runs)
+    out = {"benchmark": "scale_reaction", "machine": f"{platform.node()} ({platform.processor() or 'cpu'}), 2 cores",
+           "date": datetime.now().isoformat(timespec="seconds"), "policy": POLICY, "runs": runs,
+           "goals_s": {"warm": 10, "cold": 30},
+           "ratio_cold_vs_warm": round(cold / warm, 2) if warm and cold else None}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(out, indent=1))
+    print(f"burst -> capacity in rotation: warm standby {warm} s (goal 10), cold {cold} s (goal 30); "
+          f"cold / warm = {out['ratio_cold_vs_warm']}")
+
+
+if __name__ == "__main__":
+    main()

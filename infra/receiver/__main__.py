@@ -1,0 +1,3 @@
+from infra.receiver.app import main
+
+main()

@@ -1,0 +1,77 @@
+"""Alertmanager webhook payloads -> Prefect events (pure).
+
+Alertmanager posts a group of alerts (webhook payload version 4). Each alert becomes one Prefect event
+`llmops.alert.firing` or `llmops.alert.resolved` on the resource `llmops.pool.<tenant>.<pool>`, so deployment
+triggers in prefect.yaml can match a tenant's pool and pass the alert to the `scale` flow as parameters.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmops.errors import LlmopsError
+
+DEFAULT_TENANT = "default"
+
+
+class AmAlert(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    status: str = Field(pattern="^(firing|resolved)$")
+    labels: dict[str, str]
+    annotations: dict[str, str] = {}
+    startsAt: str = ""
+    endsAt: str = ""
+    fingerprint: str = ""
+
+
+class AmPayload(BaseModel):
+    """The fields of Alertmanager's webhook body we use (version 4)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: str = "4"
+    status: str = ""
+    receiver: str = ""
+    groupKey: str = ""
+    alerts: list[AmAlert] = Field(min_length=1)
+
+
+def pool_resource_id(tenant: str, pool: str) -> str:
+    return f"llmops.pool.{tenant}.{pool}"
+
+
+def alert_events(payload: dict[str, Any], now: datetime | None = None) -> list[dict[str, Any]]:
+    """Prefect events (JSON-ready dicts for `POST /api/events`) of one Alertmanager webhook call.
+
+    An alert without a `pool` label cannot be routed to a pool: refused with the fix, nothing emitted.
+    """
+    body = AmPayload.model_validate(payload)
+    occurred = (now or datetime.now(UTC)).isoformat()
+    events = []
+    for a in body.alerts:
+        name = a.labels.get("alertname")
+        pool = a.labels.get("pool")
+        if not name or not pool:
+            raise LlmopsError(f"alert {a.labels} has no {'alertname' if not name else 'pool'} label",
+                              "give every llmops alert rule the labels `pool` (the model name) and `tenant`")
+        tenant = a.labels.get("tenant", DEFAULT_TENANT)
+        values = {k.removeprefix("value_"): v for k, v in a.annotations.items() if k.startswith("value_")}
+        events.append({
+            "id": str(uuid.uuid4()),
+            "occurred": occurred,
+            "event": f"llmops.alert.{a.status}",
+            "resource": {"prefect.resource.id": pool_resource_id(tenant, pool), "prefect.resource.name": pool,
+                         "llmops.tenant": tenant, "llmops.pool": pool, "llmops.alert": name,
+                         "llmops.action": a.labels.get("action", "none")},
+            "related": [],
+            "payload": {"alert": name, "status": a.status, "tenant": tenant, "pool": pool,
+                        "severity": a.labels.get("severity", ""), "summary": a.annotations.get("summary", ""),
+                        "values": values, "starts_at": a.startsAt, "fingerprint": a.fingerprint,
+                        "group_key": body.groupKey},
+        })
+    return events

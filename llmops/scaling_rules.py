@@ -1,0 +1,84 @@
+"""Prometheus recording and alerting rules of one pool, rendered from its scaling policy (pure).
+
+The stack writes them to `<state_dir>/prometheus/rules/scaling-<model>.yml` at `up`; `promtool check rules`
+validates them in the unit tests. Every alert carries the labels `pool` and `tenant`, which the receiver turns
+into the Prefect event's resource (`llmops.pool.<tenant>.<pool>`).
+
+Signals (per pool; CPU nodes report through the node wrapper, LMDeploy nodes through `lmdeploy:*`):
+- `llmops:pool_latency_mean:10s`, `llmops:pool_latency_p95:10s`: user requests only (probe traffic excluded);
+- `llmops:pool_waiting`: requests queued in the HAProxy backend (nodes take `maxconn` each) plus LMDeploy's
+  own queues;
+- `llmops:pool_in_flight`, `llmops:pool_error_ratio:30s`, `llmops:pool_nodes_up`, `llmops:pool_requests:rate10s`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmops.scaling import ScalePolicy
+
+RECORDS = ("llmops:pool_latency_mean:10s", "llmops:pool_latency_p95:10s", "llmops:pool_waiting",
+           "llmops:pool_in_flight", "llmops:pool_error_ratio:30s", "llmops:pool_nodes_up",
+           "llmops:pool_requests:rate10s")
+
+
+def _dur(seconds: float) -> str:
+    return f"{max(int(round(seconds)), 0)}s"
+
+
+def scaling_rules(model: str, backend: str, policy: ScalePolicy, tenant: str = "default") -> dict[str, Any]:
+    """The rule file (as a dict for yaml.safe_dump) for one pool."""
+    m = f'model="{model}"'
+    user = f'{m},route!="probe"'
+    labels = {"model": model, "pool": model, "tenant": tenant}
+    records = [
+        ("llmops:pool_requests:rate10s",
+         f"sum(rate(llmops_node_requests_total{{{user}}}[10s])) "
+         f"or sum(rate(lmdeploy:e2e_request_latency_seconds_count{{{m}}}[10s]))"),
+        ("llmops:pool_latency_mean:10s",
+         f"(sum(rate(llmops_node_request_duration_seconds_sum{{{user}}}[10s])) "
+         f"/ sum(rate(llmops_node_request_duration_seconds_count{{{user}}}[10s]))) "
+         f"or (sum(rate(lmdeploy:e2e_request_latency_seconds_sum{{{m}}}[10s])) "
+         f"/ sum(rate(lmdeploy:e2e_request_latency_seconds_count{{{m}}}[10s])))"),
+        ("llmops:pool_latency_p95:10s",
+         f"histogram_quantile(0.95, sum by (le) (rate(llmops_node_request_duration_seconds_bucket{{{user}}}[10s]))) "
+         f"or histogram_quantile(0.95, sum by (le) (rate(lmdeploy:e2e_request_latency_seconds_bucket{{{m}}}[10s])))"),
+        ("llmops:pool_waiting",
+         f'sum(haproxy_backend_current_queue{{proxy="{backend}"}}) '
+         f"+ (sum(lmdeploy:num_requests_waiting{{{m}}}) or vector(0))"),
+        ("llmops:pool_in_flight",
+         f"(sum(llmops_node_requests_in_flight{{{m}}}) or vector(0)) "
+         f"+ (sum(lmdeploy:num_requests_running{{{m}}}) or vector(0))"),
+        ("llmops:pool_error_ratio:30s",
+         f'sum(rate(llmops_node_requests_total{{{user},status=~"5.."}}[30s])) '
+         f"/ sum(rate(llmops_node_requests_total{{{user}}}[30s]))"),
+        ("llmops:pool_nodes_up", f'count(up{{job="nodes",{m}}} == 1)'),
+    ]
+    sel = f'{{model="{model}"}}'
+    cap = f"(llmops:pool_nodes_up{sel} * {policy.target_in_flight_per_node:g})"
+    alerts = [
+        {"alert": "HighLatency", "expr": f"llmops:pool_latency_mean:10s{sel} > {policy.high_latency_s:g}",
+         "for": _dur(policy.alert_for_s),
+         "labels": {**labels, "severity": "page", "action": "scale_out"},
+         "annotations": {"summary": f"mean latency of {model} above {policy.high_latency_s * 1000:g} ms",
+                         "value_mean_latency_s": "{{ $value }}"}},
+        {"alert": "Backlog", "expr": f"llmops:pool_waiting{sel} > {policy.backlog:g}",
+         "for": _dur(policy.alert_for_s),
+         "labels": {**labels, "severity": "page", "action": "scale_out"},
+         "annotations": {"summary": f"more than {policy.backlog:g} requests of {model} waiting",
+                         "value_waiting": "{{ $value }}"}},
+        {"alert": "NodeDown", "expr": f'up{{job="nodes",{m}}} == 0', "for": "2s",
+         "labels": {**labels, "severity": "page", "action": "replace"},
+         "annotations": {"summary": "node {{ $labels.node }} of " + model + " does not answer its scrape",
+                         "value_node": "{{ $labels.node }}"}},
+        {"alert": "LowUtilisation",
+         "expr": f"(llmops:pool_in_flight{sel} + llmops:pool_waiting{sel}) / {cap} < {policy.scale_in_utilisation:g}",
+         "for": _dur(policy.down_cooldown_s),
+         "labels": {**labels, "severity": "info", "action": "scale_in"},
+         "annotations": {"summary": f"{model} uses under {policy.scale_in_utilisation:.0%} of its capacity; "
+                                    "reconcile scales in", "value_utilisation": "{{ $value }}"}},
+    ]
+    return {"groups": [
+        {"name": f"llmops-pool-{model}", "rules": [{"record": r, "expr": e, "labels": labels} for r, e in records]},
+        {"name": f"llmops-alerts-{model}", "rules": alerts},
+    ]}

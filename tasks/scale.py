@@ -1,0 +1,69 @@
+"""Scaling tasks: one autoscaler pass over the stack's pool, and the pool's spend in MLflow."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from llmops.autoscaler import Autoscaler, ScaleResult
+from llmops.endpoints import Endpoints
+from llmops.metrics import PrometheusMetrics
+from llmops.pool.manager import stack_pool
+from llmops.stackconfig import load_effective_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@task(timeout_seconds=900)
+def autoscale(allow_scale_in: bool, alerts: list[str], trigger: str) -> ScaleResult:
+    """Reconcile the pool with HAProxy, observe, decide and act (the caller holds the pool lock)."""
+    log = get_run_logger()
+    ep = Endpoints.load()
+    cfg = load_effective_config(ep.state_dir)
+    pool = stack_pool(cfg, ep.mlflow_url, ep.haproxy_socket, ROOT)
+    scaler = Autoscaler(pool, PrometheusMetrics(ep.prometheus_url), cfg.scaling, alias=cfg.model.alias,
+                        engine=cfg.serving.engine.value, say=log.info)
+    result = scaler.run(allow_scale_in, frozenset(alerts), trigger)
+    d = result.decision
+    rows = [("trigger", trigger or "-"), ("action", d.action.value), ("serving", f"{d.current} -> {d.desired}"),
+            ("demand before caps", str(d.wanted)), ("why", "; ".join(d.reasons)),
+            ("capped by", ", ".join(d.capped_by) or "-"), ("reconciled", result.reconciled.summary()),
+            ("promoted standby", ", ".join(result.promoted) or "-"), ("started", ", ".join(result.started) or "-"),
+            ("standby started", ", ".join(result.standby_started) or "-"),
+            ("drained and stopped", ", ".join(result.removed) or "-"), ("errors", "; ".join(result.errors) or "-"),
+            ("seconds", f"{result.seconds:.1f}")]
+    md = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    create_markdown_artifact(md, key=f"scale-{cfg.model.name}", description=f"scaling decision: {d.action.value}")
+    return result
+
+
+@task
+def log_spend(trigger: str) -> dict[str, float]:
+    """The pool's node-seconds and cost so far as MLflow metrics of the run `pool-<model>` (one per pool)."""
+    from mlflow import MlflowClient
+
+    ep = Endpoints.load()
+    cfg = load_effective_config(ep.state_dir)
+    pool = stack_pool(cfg, ep.mlflow_url, ep.haproxy_socket, ROOT)
+    state, now = pool.read_state(), time.time()
+    node_s = state.node_seconds(cfg.model.name, now)
+    nodes = pool.nodes()
+    values = {"pool/node_seconds": node_s, "pool/cost": node_s * cfg.scaling.node_price_per_hour / 3600,
+              "pool/serving": float(sum(1 for n in nodes if not n.standby)),
+              "pool/standby": float(sum(1 for n in nodes if n.standby)),
+              "pool/cost_per_hour": len(nodes) * cfg.scaling.node_price_per_hour,
+              "pool/budget_per_hour": cfg.scaling.budget_per_hour}
+    client = MlflowClient(ep.mlflow_url)
+    exp = client.get_experiment_by_name(f"{cfg.model.name}-serving")
+    exp_id = exp.experiment_id if exp else client.create_experiment(f"{cfg.model.name}-serving")
+    runs = client.search_runs([exp_id], filter_string=f"tags.llmops.pool = '{cfg.model.name}'", max_results=1)
+    run_id = runs[0].info.run_id if runs else client.create_run(
+        exp_id, run_name=f"pool-{cfg.model.name}", tags={"llmops.pool": cfg.model.name}).info.run_id
+    ts = int(now * 1000)
+    for k, v in values.items():
+        client.log_metric(run_id, k, v, timestamp=ts, step=int(now))
+    client.set_tag(run_id, "llmops.last_trigger", trigger)
+    return values

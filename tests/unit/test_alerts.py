@@ -1,0 +1,64 @@
+"""Alertmanager payloads -> Prefect events; the rendered Prometheus rules pass `promtool check rules`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmops.alerts import alert_events
+from llmops.errors import LlmopsError
+from llmops.scaling import ScalePolicy
+from llmops.scaling_rules import RECORDS, scaling_rules
+
+PAYLOAD = {
+    "version": "4", "status": "firing", "receiver": "llmops", "groupKey": "{}:{alertname=\"HighLatency\"}",
+    "alerts": [
+        {"status": "firing", "labels": {"alertname": "HighLatency", "pool": "sa", "tenant": "acme",
+                                        "severity": "page"},
+         "annotations": {"summary": "slow", "value_mean_latency_s": "0.41"}, "startsAt": "2026-11-28T10:00:00Z",
+         "fingerprint": "abc"},
+        {"status": "resolved", "labels": {"alertname": "Backlog", "pool": "sa"}, "annotations": {}},
+    ],
+}
+
+
+def test_each_alert_becomes_one_event_on_the_tenants_pool() -> None:
+    events = alert_events(PAYLOAD)
+    assert [e["event"] for e in events] == ["llmops.alert.firing", "llmops.alert.resolved"]
+    first = events[0]
+    assert first["resource"]["prefect.resource.id"] == "llmops.pool.acme.sa"
+    assert first["payload"]["alert"] == "HighLatency" and first["payload"]["values"] == {"mean_latency_s": "0.41"}
+    assert events[1]["resource"]["prefect.resource.id"] == "llmops.pool.default.sa"  # no tenant label: default
+    assert len({e["id"] for e in events}) == 2
+
+
+@pytest.mark.parametrize(("payload", "match"), [
+    ({"alerts": []}, "at least 1"),
+    ({"alerts": [{"status": "firing", "labels": {"alertname": "X"}}]}, "no pool label"),
+    ({"alerts": [{"status": "weird", "labels": {"alertname": "X", "pool": "p"}}]}, "status"),
+])
+def test_bad_payloads_are_refused_and_emit_nothing(payload: dict[str, object], match: str) -> None:
+    with pytest.raises((LlmopsError, ValueError), match=match):
+        alert_events(payload)
+
+
+def test_rendered_rules_pass_promtool_and_carry_the_routing_labels(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: install the Debian package prometheus (`make install`)"
+    policy = ScalePolicy(high_latency_s=0.25, backlog=40, alert_for_s=3)
+    rules = scaling_rules("support-assistant", "llm_support_assistant", policy, tenant="acme")
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    r = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    recorded = [x["record"] for x in rules["groups"][0]["rules"]]
+    alerts = {x["alert"]: x for x in rules["groups"][1]["rules"]}
+    assert set(recorded) == set(RECORDS) and set(alerts) == {"HighLatency", "Backlog", "NodeDown", "LowUtilisation"}
+    assert "> 0.25" in alerts["HighLatency"]["expr"] and "> 40" in alerts["Backlog"]["expr"]
+    assert alerts["HighLatency"]["for"] == "3s"
+    assert all(a["labels"]["pool"] == "support-assistant" and a["labels"]["tenant"] == "acme"
+               for a in alerts.values())
