@@ -18,6 +18,7 @@ from prefect.concurrency.sync import concurrency
 from llmops.config import load_config
 from llmops.endpoints import Endpoints
 from llmops.errors import LlmopsError
+from llmops.pool.manager import POOL_LOCK_LEASE_S
 from llmops.rollout import CanaryPolicy
 from tasks.report import publish_rollout_report
 from tasks.serve import roll_out_canary
@@ -32,7 +33,8 @@ def rollout_flow(version: str = "challenger", policy: str = "configs/rollout/can
     # One pool change at a time: the scale and reconcile flows take the same lock.
     with ExitStack() as held:
         try:
-            held.enter_context(concurrency(f"pool-{ep.model_name}", occupy=1, strict=True, timeout_seconds=5))
+            held.enter_context(concurrency(f"pool-{ep.model_name}", occupy=1, strict=True, timeout_seconds=5,
+                                          lease_duration=POOL_LOCK_LEASE_S))
         except TimeoutError:
             raise LlmopsError(f"another rollout or scaling action is changing pool {ep.model_name}",
                               "wait for it to finish (Prefect UI, flow runs) and start the rollout again") from None

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
 from llmops.endpoints import Endpoints
+from llmops.pool.manager import POOL_LOCK_LEASE_S
 from tasks.scale import autoscale, log_spend
 
 
@@ -28,7 +29,8 @@ def _locked_pass(allow_scale_in: bool, alerts: list[str], trigger: str, wait_s: 
     ep = Endpoints.load()
     with ExitStack() as held:
         try:  # the lock shared with rollouts: never resize a pool under a running canary
-            held.enter_context(concurrency(f"pool-{ep.model_name}", occupy=1, strict=True, timeout_seconds=wait_s))
+            held.enter_context(concurrency(f"pool-{ep.model_name}", occupy=1, strict=True, timeout_seconds=wait_s,
+                                          lease_duration=POOL_LOCK_LEASE_S))
         except TimeoutError:
             log.warning("pool %s is busy (a rollout or another scaling action holds it): nothing done; "
                         "the next reconcile looks again", ep.model_name)

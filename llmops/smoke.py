@@ -152,8 +152,8 @@ def run_rollout(ep: Endpoints, version: str, say: Say = print, rps: float = 3.0,
     return {"outcome": tags.get("rollout"), **load}
 
 
-def run_burst(ep: Endpoints, say: Say = print, base_rps: float = 0.5, burst_rps: float = 5.0, burst_s: float = 30,
-              duration_s: float = 60, settle_timeout_s: float = 240, min_replicas: int = 2) -> dict[str, object]:
+def run_burst(ep: Endpoints, say: Say = print, base_rps: float = 0.5, burst_rps: float = 10.0, burst_s: float = 25,
+              duration_s: float = 50, settle_timeout_s: float = 240, min_replicas: int = 2) -> dict[str, object]:
     """A burst through the gateway: the alerts fire, the `scale` flow grows the pool; after the burst the scheduled
     `reconcile` drains it back to `min_replicas`. Prints the pool's timeline as it changes."""
     import threading

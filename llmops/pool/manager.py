@@ -73,15 +73,20 @@ class Pool:
     def reconcile(self) -> ReconcileReport:
         """Bring the recorded pool and HAProxy's runtime state into step before acting on either.
 
-        The pool state is the intent; HAProxy is what serves. Callers hold the pool lock, so a node that is
-        not SERVING was left half-started or half-removed by a crashed flow: it is stopped and forgotten, like
-        a node whose process died. A live node missing from HAProxy is re-added with its recorded weight; a
-        server HAProxy has but the state does not is drained and deleted; weights are set back to the record.
+        The pool state is the intent; HAProxy is what serves. A node that is not SERVING and older than the
+        start timeout was left half-started or half-removed by a crashed flow: it is stopped and forgotten, like
+        a node whose process died (a younger one is being started right now, e.g. by `stack up`, and is left).
+        A live node missing from HAProxy is re-added with its recorded weight; a server HAProxy has but the
+        state does not is drained and deleted; weights are set back to the record.
         """
         report = ReconcileReport()
         servers = {s.name: s for s in self.lb.servers(self.backend)}
+        now = time.time()
         for node in self.nodes():
-            if node.status != NodeStatus.SERVING or not self.launcher.is_alive(node):
+            alive = self.launcher.is_alive(node)
+            if alive and node.status != NodeStatus.SERVING and now - (node.started_at or 0) < self.ready_timeout_s:
+                continue  # being started (or removed) right now by `stack up` or another action: not ours to judge
+            if node.status != NodeStatus.SERVING or not alive:
                 report.dead.append(node.name)
                 if node.name in servers:
                     self.lb.remove_server(self.backend, node.name, drain_timeout_s=5)
@@ -190,3 +195,9 @@ def stack_pool(cfg: StackConfig, mlflow_url: str, haproxy_socket: Path, repo_roo
                 targets_file=sd / "prometheus" / "targets" / "nodes.json", host=cfg.host,
                 node_base_port=cfg.ports.node_base, ready_timeout_s=cfg.serving.start_timeout_s,
                 max_conn=cfg.serving.max_concurrency_per_node)
+
+
+# The pool lock (Prefect global concurrency limit `pool-<model>`, taken by rollout, scale and reconcile) is held
+# under a lease the holder renews; a holder that dies (killed flow run, `stack down` mid-action) blocks the pool
+# at most this long. 60 s is the shortest lease the Prefect server accepts.
+POOL_LOCK_LEASE_S = 60

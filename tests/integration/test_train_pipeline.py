@@ -47,9 +47,9 @@ def test_train_pipeline_registers_a_gated_challenger(stack) -> None:
     tags = ch.tags
     em = float(tags["llmops.eval.exact_match"])
     print(f"pipeline {elapsed:.0f}s; challenger exact match {em:.3f}; leakage {tags['llmops.eval.leakage']}")
-    # The issue's goal is >= 0.8; on the held-out phrasings this 135M model reaches ~0.70 within the time
-    # budget (see the issue notes). The floor asserted here is what the pipeline delivers today.
-    assert em >= 0.6, tags
+    # The goal: >= 0.8 on held-out phrasings never seen in training (0.85-0.89 measured with the answer-lead
+    # loss weighting; 0.67-0.79 without it).
+    assert em >= 0.8, tags
     assert float(tags["llmops.eval.leakage"]) <= 0.1
     assert tags["llmops.gate"] == "pass" and tags["llmops.method"] == "lora" and tags["llmops.base_version"] == "1"
 
@@ -70,9 +70,9 @@ def test_train_pipeline_registers_a_gated_challenger(stack) -> None:
     manifest = json.loads(s3.get_object(Bucket="llmops", Key=f"datasets/{digest}/manifest.json")["Body"].read())
     assert [o["key"] for o in manifest["feedback_objects"]] == ["feedback/2026-11-01/part-0001.jsonl",
                                                                 "feedback/2026-11-01/part-0002.jsonl"]
-    # Goal: under 5 minutes on 2 cores. Measured 273-298 s on a warm machine, 349 s on a fresh clone (cold
-    # file cache for the new venv). The default ceiling catches regressions without failing CI on a cold
-    # disk; LLMOPS_STRICT_TIMING=1 enforces the goal itself.
+    # Goal: under 5 minutes on 2 cores (253 s measured on a warm stack; a fresh clone's cold file cache adds up
+    # to ~50 s). The default ceiling catches regressions without failing CI on a slow disk;
+    # LLMOPS_STRICT_TIMING=1 enforces the goal itself.
     ceiling = 300 if os.environ.get("LLMOPS_STRICT_TIMING") == "1" else 420
     assert elapsed < ceiling, f"the pipeline took {elapsed:.0f}s (goal: under 300 s on 2 cores)"
 

@@ -43,9 +43,10 @@ class FakeLauncher:
         self.stopped.append(node.name)
 
 
-def node(name: str, status: NodeStatus = NodeStatus.SERVING, weight: int = 100) -> NodeRecord:
+def node(name: str, status: NodeStatus = NodeStatus.SERVING, weight: int = 100, started_at: float = 1.0
+         ) -> NodeRecord:
     return NodeRecord(name=name, model="m", engine="transformers", version="1", sha256="s", host="127.0.0.1",
-                      port=9000 + int(name[1:]), weight=weight, status=status)
+                      port=9000 + int(name[1:]), weight=weight, status=status, started_at=started_at)
 
 
 def make_pool(tmp_path: Path, nodes: list[NodeRecord], lb: FakeLB, launcher: FakeLauncher) -> Pool:
@@ -81,3 +82,13 @@ def test_reconcile_of_a_pool_in_step_changes_nothing(tmp_path: Path) -> None:
     pool = make_pool(tmp_path, [node("n1")], lb, FakeLauncher(alive={"n1"}))
     report = pool.reconcile()
     assert not report.changed and report.summary() == "in step" and lb.removed == []
+
+
+def test_a_node_being_started_right_now_is_left_alone(tmp_path: Path) -> None:
+    import time
+
+    lb = FakeLB()
+    launcher = FakeLauncher(alive={"n1"})
+    pool = make_pool(tmp_path, [node("n1", NodeStatus.STARTING, started_at=time.time())], lb, launcher)
+    report = pool.reconcile()
+    assert not report.changed and [n.name for n in pool.nodes()] == ["n1"] and launcher.stopped == []
