@@ -164,12 +164,15 @@ class Sim:
                 window = []
                 next_window += 10.0
             mean = recent_sum / len(done_recent) if done_recent else None
-            change = ctl.step(t, mean, float(len(queue)), float(len(active)), serving, standby,  # type: ignore
-                              len(pending))
+            pend_standby = sum(1 for _, role in pending if role == "standby")
+            change = ctl.step(t, mean, float(len(queue)), float(len(active)), serving,  # type: ignore
+                              standby + pend_standby, len(pending) - pend_standby)
             if change:
                 res.actions += 1
                 promote, cold, standby_cold, remove = change
-                promote = min(promote, standby)
+                ready = min(promote, standby)  # a standby still starting cannot be promoted yet: start cold instead
+                cold += promote - ready
+                promote = ready
                 standby -= promote
                 serving += promote
                 pending += [(t + node.cold_start_s, "serving")] * cold
@@ -210,8 +213,8 @@ class PlainThresholds:
 class Ours:
     """desired_replicas as the scale flow (alert-triggered, after the reaction delay) and reconcile (every 60 s)."""
 
-    def __init__(self, policy: ScalePolicy, reaction_s: float) -> None:
-        self.p, self.reaction_s = policy, reaction_s
+    def __init__(self, policy: ScalePolicy, reaction_s: float, cold_start_s: float) -> None:
+        self.p, self.reaction_s, self.cold_start_s = policy, reaction_s, cold_start_s
         self.reset(policy.min_replicas)
 
     def reset(self, n: int) -> None:
@@ -221,10 +224,15 @@ class Ours:
         self.low_since: float | None = None
         self.next_reconcile = 60.0
         self.last_obs: tuple[float | None, float, float] = (None, 0.0, 0.0)
+        self.refilling = 0.0  # until when a run refilling the standby holds the pool lock
 
     def step(self, t: float, mean: float | None, waiting: float, inflight: float, serving: int, standby: int,
              pending: int) -> tuple[int, int, int, int] | None:
         p = self.p
+        if pending or self.refilling > t:
+            # the scale or reconcile run that started these nodes is still waiting for them and holds the pool
+            # lock (runs are synchronous; a second scale run is cancelled): no new decision until it ends
+            return None
         firing = (mean is not None and mean > p.high_latency_s) or waiting > p.backlog
         self.above_since = (self.above_since if self.above_since is not None else t) if firing else None
         if firing and self.above_since is not None and t - self.above_since >= p.alert_for_s and self.run_at is None:
@@ -254,6 +262,8 @@ class Ours:
         refill = max(0, min(p.warm_standby - (standby - promote), p.affordable_nodes - (d.desired + standby - promote)))
         if not (promote or cold or remove or refill):
             return None
+        if refill or cold:  # the run waits for its cold starts (serving and standby side by side)
+            self.refilling = t + self.cold_start_s
         return (promote, cold, refill, remove)
 
 
@@ -265,6 +275,7 @@ def main() -> None:
     ap.add_argument("--cold-start-s", type=float, default=None, help="default: measured on the H200")
     ap.add_argument("--reaction-s", type=float, default=8.0, help="alert firing -> scale flow acting")
     ap.add_argument("--max-nodes", type=int, default=200)
+    ap.add_argument("--standby-share", type=float, default=0.1, help="warm standby nodes as a share of static peak")
     ap.add_argument("--minutes", type=float, default=None, help="simulate only the first N minutes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale-sim.json")
@@ -287,14 +298,16 @@ def main() -> None:
         raise SystemExit(f"even {a.max_nodes} static nodes miss the SLO: lower --scale or raise --slo-s")
     peak_n = best.max_nodes
     best.name = f"static peak ({peak_n} nodes)"
-    policy = ScalePolicy(min_replicas=max(2, peak_n // 10), max_replicas=a.max_nodes, warm_standby=max(1, peak_n // 20),
-                         high_latency_s=a.slo_s / 2, backlog=peak_n * a.maxconn * 0.05,
-                         target_in_flight_per_node=a.maxconn * 0.6, scale_in_utilisation=0.5, alert_for_s=4,
-                         up_cooldown_s=20, down_cooldown_s=120, max_step=max(2, peak_n // 4),
-                         node_price_per_hour=1.0, budget_per_hour=float(a.max_nodes))
-    plain = sim.run("plain thresholds", PlainThresholds(a.slo_s / 2, policy.min_replicas, a.max_nodes),
-                    policy.min_replicas)
-    ours = sim.run("ours (desired_replicas)", Ours(policy, a.reaction_s), policy.min_replicas)
+    policy = ScalePolicy(min_replicas=max(2, peak_n // 10), max_replicas=a.max_nodes,
+                         warm_standby=max(1, round(peak_n * a.standby_share)), high_latency_s=a.slo_s / 2,
+                         backlog=peak_n * a.maxconn * 0.05, target_in_flight_per_node=a.maxconn * 0.6,
+                         scale_in_utilisation=0.5, alert_for_s=4, up_cooldown_s=20, down_cooldown_s=60,
+                         max_step=max(2, peak_n // 2), node_price_per_hour=1.0, budget_per_hour=float(a.max_nodes))
+    # Both autoscalers start where a running service would be: sized for the first minute's token demand.
+    first = [g for t, g in arrivals if t < 60]
+    start_n = max(policy.min_replicas, math.ceil(sum(first) / 60 / node.throughput(policy.target_in_flight_per_node)))
+    plain = sim.run("plain thresholds", PlainThresholds(a.slo_s / 2, policy.min_replicas, a.max_nodes), start_n)
+    ours = sim.run("ours (desired_replicas)", Ours(policy, a.reaction_s, node.cold_start_s), start_n)
     rows = [r.as_dict() for r in (best, plain, ours)]
     for r in rows:
         r["slo_vs_static_peak"] = round(float(r["slo_attainment"]) / max(best.windows_met / best.windows, 1e-9), 3)
@@ -303,7 +316,7 @@ def main() -> None:
            "requests": len(arrivals), "slo_p95_s": a.slo_s, "window_s": 10, "node_model": {
                "source": str(GPU_RESULT.relative_to(ROOT)), "concurrency": node.concurrency,
                "tokens_per_s": node.tokens_per_s, "cold_start_s": node.cold_start_s, "maxconn": node.maxconn},
-           "reaction_s": a.reaction_s, "policy": policy.model_dump(), "results": rows,
+           "reaction_s": a.reaction_s, "initial_nodes": start_n, "policy": policy.model_dump(), "results": rows,
            "sim_wall_s": round(time.monotonic() - t0, 1)}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=1))

@@ -117,11 +117,17 @@ class Autoscaler:
                  f"({'; '.join(decision.reasons)})" + (f" [capped: {', '.join(decision.capped_by)}]"
                                                        if decision.capped_by else ""))
         try:
+            cold = 0
             if decision.action is Action.OUT:
-                self._scale_out(decision.delta, standby, result)
+                cold = decision.delta - self._promote(decision.delta, standby, result)
             elif decision.action is Action.IN:
                 self._scale_in(serving, decision.current - decision.desired, result)
-            self._refill_standby(result, budget_left=self._budget_room())
+            nodes_now = self.pool.nodes()
+            missing = self.policy.warm_standby - sum(1 for n in nodes_now if n.standby)
+            refill = max(0, min(missing, self.policy.affordable_nodes - len(nodes_now) - cold))
+            # cold nodes and the standby refill start side by side: the run (which holds the pool lock) waits
+            # for one cold start, not two in a row
+            self._start_nodes(cold, refill, result)
         except LlmopsError as err:  # a node that would not start: the pool stays as it is, reconcile retries
             result.errors.append(f"{err.problem}")
             self.say(f"scaling action failed: {err.problem}")
@@ -145,32 +151,39 @@ class Autoscaler:
         self.pool.update_scaling(record)
         return result
 
-    def _budget_room(self) -> int:
-        """Nodes the hourly budget still pays for, beside the ones running."""
-        return self.policy.affordable_nodes - len(self.pool.nodes())
-
-    def _scale_out(self, n: int, standby: list[NodeRecord], result: ScaleResult) -> None:
-        for node in standby[:n]:  # warm first: in rotation at once
+    def _promote(self, n: int, standby: list[NodeRecord], result: ScaleResult) -> int:
+        """Warm standby nodes first: in rotation at once. Returns how many were promoted."""
+        for node in standby[:n]:
             self.pool.set_weight(node.name, 100, standby=False)
             result.promoted.append(node.name)
             result.timeline.append((f"{node.name} promoted, in rotation", self.clock()))
             self.say(f"promoted standby {node.name} (v{node.version}) to serving")
-        cold = n - len(result.promoted)
-        if cold <= 0:
+        return len(result.promoted)
+
+    def _start_nodes(self, serving: int, standby: int, result: ScaleResult) -> None:
+        """Start `serving` cold nodes of the champion (preloaded cache) into rotation and `standby` warm standby
+        nodes at weight 0, all side by side; the first failure is raised after the others finished."""
+        if serving + standby <= 0:
             return
-        # then cold nodes of the champion (preloaded cache), started side by side
-        with ThreadPoolExecutor(max_workers=cold) as ex:
-            futures = [ex.submit(self.pool.add_node, self.alias, engine=self.engine, weight=100) for _ in range(cold)]
+        with ThreadPoolExecutor(max_workers=serving + standby) as ex:
+            futures = [(ex.submit(self.pool.add_node, self.alias, engine=self.engine, weight=100), False)
+                       for _ in range(serving)]
+            futures += [(ex.submit(self.pool.add_node, self.alias, engine=self.engine, weight=0, standby=True), True)
+                        for _ in range(standby)]
         failures = []
-        for f in futures:
+        for f, is_standby in futures:
             try:
                 node = f.result()
             except LlmopsError as err:
                 failures.append(err)
                 continue
-            result.started.append(node.name)
-            result.timeline.append((f"{node.name} started cold, in rotation", self.clock()))
-            self.say(f"started {node.name} (v{node.version}) and put it in rotation")
+            if is_standby:
+                result.standby_started.append(node.name)
+                self.say(f"warm standby {node.name} (v{node.version}) ready at weight 0")
+            else:
+                result.started.append(node.name)
+                result.timeline.append((f"{node.name} started cold, in rotation", self.clock()))
+                self.say(f"started {node.name} (v{node.version}) and put it in rotation")
         if failures:
             raise failures[0]
 
@@ -181,10 +194,3 @@ class Autoscaler:
             self.pool.remove_node(node.name, drain_timeout_s=self.drain_timeout_s)
             result.removed.append(node.name)
             self.say(f"drained and stopped {node.name}")
-
-    def _refill_standby(self, result: ScaleResult, budget_left: int) -> None:
-        missing = self.policy.warm_standby - sum(1 for n in self.pool.nodes() if n.standby)
-        for _ in range(max(0, min(missing, budget_left))):
-            node = self.pool.add_node(self.alias, engine=self.engine, weight=0, standby=True)
-            result.standby_started.append(node.name)
-            self.say(f"warm standby {node.name} (v{node.version}) ready at weight 0")

@@ -6,9 +6,9 @@ its `ScaleDecision`, and `bench/scale_sim.py` drives the very same function in a
 
 Rules, in order:
 - the floor: fewer serving nodes than `min_replicas` is repaired at once, whatever the metrics say;
-- demand: the nodes needed to bring mean latency and the queue under their thresholds (proportional, like a
-  horizontal autoscaler) and the concurrency per node under its target; a firing `HighLatency` or `Backlog`
-  alert asks for at least one node more;
+- demand: the nodes needed to bring the concurrency per node ((in flight + waiting) / nodes) under its target;
+  latency over its threshold, a queue over `backlog` or a firing `HighLatency` / `Backlog` alert asks for at
+  least one node more (latency is proportional only when the concurrency signals are missing);
 - caps: at most `max_step` nodes per action, never above `max_replicas`, and never more nodes (serving + warm
   standby) than the hourly budget pays for; each cap that binds is named in the decision;
 - scale-out is held inside `up_cooldown_s` of the last one, so an alert storm yields one action;
@@ -125,21 +125,31 @@ def _finite(v: float | None) -> float | None:
 
 
 def demand(obs: Observation, serving: int, policy: ScalePolicy) -> tuple[int, list[str]]:
-    """Serving nodes the observed load needs (before caps), with the reasons."""
+    """Serving nodes the observed load needs (before caps), with the reasons.
+
+    Concurrency is the primary signal: (in flight + waiting) / target per node, which counts the queue once.
+    Latency is a lagging signal that also includes time spent queueing, so scaling in proportion to it
+    over-shoots after a burst; high latency (or a firing alert) without a concurrency excess asks for one more
+    node (an engine slower than its target), and proportional latency is used only when the concurrency
+    signals are missing."""
     n = max(serving, 1)
     wants: list[tuple[int, str]] = []
     lat, waiting, inflight = _finite(obs.mean_latency_s), _finite(obs.waiting), _finite(obs.in_flight)
-    if lat is not None and lat > policy.high_latency_s:
-        wants.append((math.ceil(n * lat / policy.high_latency_s),
-                      f"mean latency {lat * 1000:.0f} ms > {policy.high_latency_s * 1000:.0f} ms"))
-    if waiting is not None and waiting > policy.backlog:
-        wants.append((n + math.ceil(waiting / policy.backlog), f"{waiting:.0f} waiting > {policy.backlog:.0f}"))
+    slow = lat is not None and lat > policy.high_latency_s
+    backlog = waiting is not None and waiting > policy.backlog
     if inflight is not None or waiting is not None:
         load = (inflight or 0.0) + (waiting or 0.0)
         need = math.ceil(load / policy.target_in_flight_per_node - 1e-9)
         if need > n:
             wants.append((need, f"{load:.0f} requests in flight or waiting need {need} nodes at "
                                 f"{policy.target_in_flight_per_node:g} per node"))
+    elif slow and lat is not None:
+        wants.append((math.ceil(n * lat / policy.high_latency_s), f"mean latency {lat * 1000:.0f} ms > "
+                      f"{policy.high_latency_s * 1000:.0f} ms (no concurrency data)"))
+    if slow and lat is not None:
+        wants.append((n + 1, f"mean latency {lat * 1000:.0f} ms > {policy.high_latency_s * 1000:.0f} ms"))
+    if backlog and waiting is not None:
+        wants.append((n + 1, f"{waiting:.0f} waiting > {policy.backlog:.0f}"))
     firing = sorted(obs.alerts & SCALE_OUT_ALERTS)
     if firing:
         wants.append((n + 1, f"alert {', '.join(firing)} firing"))

@@ -89,10 +89,10 @@ def scaler(pool: FakePool, metrics: Metrics, policy: ScalePolicy = POLICY, now: 
 
 def test_scale_out_promotes_standby_first_then_starts_cold_then_refills() -> None:
     pool = pool_with(2, 1)  # n1 n2 serving, n3 standby
-    result = scaler(pool, Metrics(0.9, 0, 8)).run(allow_scale_in=False)
+    result = scaler(pool, Metrics(0.9, 4, 12)).run(allow_scale_in=False)  # 16 requests at 4 per node: 4 nodes
     assert result.decision.action is Action.OUT and result.decision.desired == 4
     assert result.promoted == ["n3"] and result.started == ["n4"] and result.standby_started == ["n5"]
-    assert pool.log == ["weight n3 100", "add n4", "add n5 standby"]
+    assert pool.log[0] == "weight n3 100" and sorted(pool.log[1:]) == ["add n4", "add n5 standby"]
     assert sum(not n.standby for n in pool.nodes()) == 4
     assert pool.state.scaling_of("m").last_scale_out_at == 1000.0
     assert pool.state.scaling_of("m").actions[-1]["action"] == "scale_out"

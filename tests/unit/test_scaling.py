@@ -23,8 +23,11 @@ def obs(lat: float | None = 0.05, waiting: float | None = 0, inflight: float | N
 
 @pytest.mark.parametrize(("name", "o", "pool", "policy", "scale_in", "action", "desired", "capped"), [
     ("calm pool holds", CALM, PoolView(2), P, True, Action.HOLD, 2, ()),
-    ("burst: latency 3x over", obs(0.6, 0, 8), PoolView(2), P, False, Action.OUT, 4, ("max_step",)),
+    ("burst: concurrency 3x the target", obs(0.6, 10, 14), PoolView(2), P, False, Action.OUT, 4, ("max_step",)),
     ("burst: backlog", obs(0.1, 120, 8), PoolView(2), P, False, Action.OUT, 4, ("max_step",)),
+    ("slow engine, no queue: one more", obs(0.6, 0, 8), PoolView(2), P, False, Action.OUT, 3, ()),
+    ("latency without concurrency data: proportional", obs(0.6, None, None), PoolView(2), P, False, Action.OUT, 4,
+     ("max_step",)),
     ("alert alone asks for one more", obs(0.1, 0, 2, "HighLatency"), PoolView(3), P, False, Action.OUT, 4, ()),
     ("concurrency over target", obs(0.15, 0, 14), PoolView(2), P, False, Action.OUT, 4, ()),
     ("max binding", obs(2.0, 300, 40), PoolView(5), P, False, Action.OUT, 6, ("max_step", "max_replicas")),
@@ -49,9 +52,9 @@ def obs(lat: float | None = 0.05, waiting: float | None = 0, inflight: float | N
     ("scale flow never scales in", CALM, PoolView(4, low_since=0.0), P, False, Action.HOLD, 4, ()),
     ("never below min", CALM, PoolView(2, low_since=0.0), P, True, Action.HOLD, 2, ()),
     ("moderate load is not low", obs(0.1, 0, 6), PoolView(4, low_since=0.0), P, True, Action.HOLD, 4, ()),
-    ("cool-down holds a second scale-out", obs(0.6, 0, 8), PoolView(4, last_scale_out_at=NOW - 5), P, False,
+    ("cool-down holds a second scale-out", obs(0.6, 10, 30), PoolView(4, last_scale_out_at=NOW - 5), P, False,
      Action.HOLD, 4, ("cooldown",)),
-    ("after the cool-down it scales again", obs(0.6, 0, 8), PoolView(4, last_scale_out_at=NOW - 25), P, False,
+    ("after the cool-down it scales again", obs(0.6, 10, 30), PoolView(4, last_scale_out_at=NOW - 25), P, False,
      Action.OUT, 6, ("max_step",)),
 ])
 def test_desired_replicas(name: str, o: Observation, pool: PoolView, policy: ScalePolicy, scale_in: bool,
