@@ -97,7 +97,8 @@ class Autoscaler:
     clock: Callable[[], float] = time.time
     drain_timeout_s: float = 60.0
 
-    def run(self, allow_scale_in: bool, alerts: frozenset[str] = frozenset(), trigger: str = "") -> ScaleResult:
+    def run(self, allow_scale_in: bool, alerts: frozenset[str] = frozenset(), trigger: str = "", run_id: str = ""
+            ) -> ScaleResult:
         """Reconcile, observe, decide, act; records the decision and the action in the pool state."""
         t0 = self.clock()
         found = self.pool.reconcile()
@@ -139,7 +140,7 @@ class Autoscaler:
             s.low_since = decision.low_since
             s.last_decision = {"at": t0, "action": decision.action.value, "desired": decision.desired,
                                "current": decision.current, "reasons": list(decision.reasons),
-                               "capped_by": list(decision.capped_by), "trigger": trigger}
+                               "capped_by": list(decision.capped_by), "trigger": trigger, "run_id": run_id}
             if decision.action is not Action.HOLD or result.standby_started or found.changed or decision.capped_by:
                 s.actions.append({**s.last_decision, "promoted": result.promoted, "started": result.started,
                                   "standby_started": result.standby_started, "removed": result.removed,

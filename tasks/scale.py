@@ -26,7 +26,9 @@ def autoscale(allow_scale_in: bool, alerts: list[str], trigger: str) -> ScaleRes
     pool = stack_pool(cfg, ep.mlflow_url, ep.haproxy_socket, ROOT)
     scaler = Autoscaler(pool, PrometheusMetrics(ep.prometheus_url), cfg.scaling, alias=cfg.model.alias,
                         engine=cfg.serving.engine.value, say=log.info)
-    result = scaler.run(allow_scale_in, frozenset(alerts), trigger)
+    from prefect.runtime import flow_run
+
+    result = scaler.run(allow_scale_in, frozenset(alerts), trigger, run_id=str(flow_run.get_id() or ""))
     d = result.decision
     rows = [("trigger", trigger or "-"), ("action", d.action.value), ("serving", f"{d.current} -> {d.desired}"),
             ("demand before caps", str(d.wanted)), ("why", "; ".join(d.reasons)),
