@@ -30,11 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def rollout_flow(version: str = "challenger", policy: str = "configs/rollout/canary.yaml") -> dict[str, Any]:
     pol = load_config(ROOT / policy if not Path(policy).is_absolute() else policy, CanaryPolicy)
     ep = Endpoints.load()
-    # One pool change at a time: the scale and reconcile flows take the same lock.
+    # One pool change at a time: the scale and reconcile flows take the same lock. Their passes are short, so
+    # the rollout waits `lock_wait_s` for one to finish; a rollout still holding it then means: refused.
     with ExitStack() as held:
         try:
-            held.enter_context(concurrency(f"pool-{ep.model_name}", occupy=1, strict=True, timeout_seconds=5,
-                                          lease_duration=POOL_LOCK_LEASE_S))
+            held.enter_context(concurrency(f"pool-{ep.model_name}", occupy=1, strict=True,
+                                           timeout_seconds=pol.lock_wait_s, lease_duration=POOL_LOCK_LEASE_S))
         except TimeoutError:
             raise LlmopsError(f"another rollout or scaling action is changing pool {ep.model_name}",
                               "wait for it to finish (Prefect UI, flow runs) and start the rollout again") from None

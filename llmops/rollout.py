@@ -24,6 +24,7 @@ class CanaryPolicy(StrictModel):
     max_p95_ratio: float = Field(1.5, ge=1)  # canary p95 / baseline p95
     p95_noise_floor_s: float = Field(0.25, ge=0)  # latency differences below this never fail a step
     min_quality: float = Field(0.6, ge=0, le=1)  # quality probe score (format compliance, ROUGE-L...)
+    lock_wait_s: float = Field(60.0, ge=0)  # wait this long for a scaling pass holding the pool lock; then refuse
 
     @field_validator("steps")
     @classmethod

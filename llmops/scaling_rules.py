@@ -67,7 +67,7 @@ def scaling_rules(model: str, backend: str, policy: ScalePolicy, tenant: str = "
          "labels": {**labels, "severity": "page", "action": "scale_out"},
          "annotations": {"summary": f"more than {policy.backlog:g} requests of {model} waiting",
                          "value_waiting": "{{ $value }}"}},
-        {"alert": "NodeDown", "expr": f'up{{job="nodes",{m}}} == 0', "for": "2s",
+        {"alert": "NodeDown", "expr": f'up{{job="nodes",{m}}} == 0', "for": "4s",  # two failed scrapes
          "labels": {**labels, "severity": "page", "action": "replace"},
          "annotations": {"summary": "node {{ $labels.node }} of " + model + " does not answer its scrape",
                          "value_node": "{{ $labels.node }}"}},

@@ -153,6 +153,7 @@ class Pool:
         if node is None:
             raise ServiceError(f"no node {name!r} in pool {self.model}", "list nodes with `llmops stack status`")
         self._save(node.model_copy(update={"status": NodeStatus.DRAINING}))
+        self.write_targets()  # out of Prometheus' targets before it stops: a deliberate stop is not a NodeDown
         if any(s.name == name for s in self.lb.servers(self.backend)):
             self.lb.remove_server(self.backend, name, drain_timeout_s)
         self.launcher.stop(node)
