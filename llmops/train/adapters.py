@@ -64,6 +64,7 @@ def load_for_training(cfg: TrainConfig, base_dir: Path) -> tuple[Any, Any]:
     lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=list(cfg.lora.target_modules), layers_to_transform=layers,
                       use_dora=cfg.method is Method.DORA, task_type="CAUSAL_LM")
+    torch.manual_seed(cfg.hyper.seed)  # the adapter's initial weights: same seed, same run
     peft_model = get_peft_model(model, lcfg)
     if cfg.method is Method.QLORA:
         guard_generate(peft_model)
