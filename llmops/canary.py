@@ -87,6 +87,7 @@ class CanaryRollout:
     say: Say = print
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    _quality: ProbeResult | None = field(default=None, init=False, repr=False)
 
     def run(self, version_or_alias: str) -> RolloutReport:
         """Roll `version_or_alias` out; returns the report (promoted or not, and why)."""
@@ -104,6 +105,14 @@ class CanaryRollout:
         except LlmopsError as err:  # the pre-registration serving test: no user traffic reached it
             return self._rolled_back(report, None, f"canary failed its serving test: {err.problem}", t0)
         self.say(f"canary {canary.name} v{cand.version} joined at weight 0 beside {len(baseline)} node(s)")
+        # The quality probe runs before any user traffic: a garbage version never answers a user, and the probe
+        # warms the fresh node up (its first requests are slow; probe traffic is excluded from the latency
+        # compared at each step).
+        first = self.probe(canary)
+        if first.score < self.policy.min_quality:
+            return self._rolled_back(report, canary, f"quality probe before traffic: {first.score:.3f} < "
+                                                     f"{self.policy.min_quality}", t0)
+        self._quality = first
         for share in self.policy.steps:
             self.pool.reconcile()
             alive = {n.name for n in self.pool.nodes()}
@@ -120,6 +129,7 @@ class CanaryRollout:
                 return self._rolled_back(report, canary, f"step {share}%: {'; '.join(step.reasons)}", t0)
         self.registry.set_alias(self.pool.model, "champion", cand.version)
         self.registry.tag_version(self.pool.model, cand.version, "rollout", "promoted")
+        self.registry.tag_version(self.pool.model, cand.version, "rollout_reason", "all steps passed")
         for node in baseline:  # drained (weight 0 already, wait for zero in flight) and stopped
             self.pool.remove_node(node.name)
         for _ in range(len(baseline) - 1):  # keep the pool's size: every node now serves the new champion
@@ -134,7 +144,7 @@ class CanaryRollout:
         for node in baseline:
             self.pool.set_weight(node.name, b_w)
         start = self.clock()
-        probe: ProbeResult | None = None
+        probe: ProbeResult | None = self._quality
         while True:
             self.sleep(self.poll_s)
             waited = self.clock() - start

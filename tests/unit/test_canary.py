@@ -155,3 +155,10 @@ def test_all_champion_nodes_dying_rolls_back_instead_of_judging_against_nothing(
     pool.die_at_reconcile = {2: "n1"}
     report = r.run("challenger")
     assert not report.promoted and "no champion node left" in report.reason and reg.aliases["champion"] == "1"
+
+
+def test_a_garbage_version_is_rolled_back_before_any_user_traffic() -> None:
+    r, pool, reg = rollout(quality=0.1)
+    report = r.run("challenger")
+    assert not report.promoted and report.steps == [] and "before traffic" in report.reason
+    assert reg.aliases["champion"] == "1" and [(n.version, n.weight) for n in pool.nodes()] == [("1", 100)]
