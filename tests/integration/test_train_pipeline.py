@@ -212,24 +212,29 @@ def test_rollouts_under_load_promote_the_challenger_and_roll_back_broken_version
     assert summary["failed"] == 0, summary
 
 
-def test_second_rollout_is_refused_and_a_canary_without_traffic_fails_safe(stack) -> None:
-    # No load: the first canary gets no traffic, so it can never pass; while it waits, a second rollout
-    # must be refused by the pool lock with a clear message and change nothing.
+def test_second_rollout_is_refused_and_a_canary_without_traffic_fails_safe(stack, tmp_path) -> None:
+    # No load: the first canary (a copy of the champion, so it passes the serving test and the quality probe
+    # that runs before traffic) gets no traffic, so it can never pass; while it waits, a second rollout must
+    # be refused by the pool lock (after waiting lock_wait_s for it) with a clear message and change nothing.
     reg = MlflowRegistry(stack.ep.mlflow_url)
     champion = reg.resolve(stack.cfg.model.name, "champion").version
+    copy = _register_variant(stack, tmp_path, "copy", lambda d: None)
+    policy = tmp_path / "canary.yaml"
+    policy.write_text("min_requests: 10\nmax_wait_s: 90\nlock_wait_s: 20\nmin_quality: 0.0\n")
     api = PrefectApi(stack.ep.prefect_api_url, stack.ep.prefect_ui_url)
-    first = api.run_deployment("rollout", "rollout", {"version": "1"})
+    first = api.run_deployment("rollout", "rollout", {"version": copy, "policy": str(policy)})
     deadline = time.monotonic() + 120
     while api.state(first).state != "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(3)  # the first run holds the lock once its flow body started
-    second = api.wait(api.run_deployment("rollout", "rollout", {"version": "1"}), timeout_s=120)
+    second = api.wait(api.run_deployment("rollout", "rollout", {"version": copy, "policy": str(policy)}),
+                      timeout_s=120)
     assert second.state == "FAILED"
     assert "another rollout or scaling action is changing pool" in (
         stack.cfg.state_dir / "logs" / "worker.log").read_text()
     done = api.wait(first, timeout_s=400)
     assert done.state == "COMPLETED"
-    tags = reg.resolve(stack.cfg.model.name, "1").tags
+    tags = reg.resolve(stack.cfg.model.name, copy).tags
     assert tags["rollout"] == "rolled_back" and "not enough data" in tags["rollout_reason"]
     assert reg.resolve(stack.cfg.model.name, "champion").version == champion
     assert {n.version for n in stack.pool().nodes()} == {champion}
