@@ -223,7 +223,6 @@ class Ours:
         self.last_out: float | None = None
         self.low_since: float | None = None
         self.next_reconcile = 60.0
-        self.last_obs: tuple[float | None, float, float] = (None, 0.0, 0.0)
         self.refilling = 0.0  # until when a run refilling the standby holds the pool lock
 
     def step(self, t: float, mean: float | None, waiting: float, inflight: float, serving: int, standby: int,

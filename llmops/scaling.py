@@ -20,7 +20,7 @@ Rules, in order:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from pydantic import Field, model_validator
@@ -113,7 +113,6 @@ class ScaleDecision:
     capped_by: tuple[str, ...] = ()  # "max_step", "max_replicas", "budget", "cooldown"
     low_since: float | None = None  # to persist for the next call
     wanted: int = 0  # demand before caps (for reports)
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def delta(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str) -> FastAPI:
         if len(body) > MAX_BODY:
             raise HTTPException(413, f"body of {len(body)} bytes exceeds {MAX_BODY}")
         try:
-            events = alert_events(__import__("json").loads(body or b"null"))
+            events = alert_events(json.loads(body or b"null"))
         except (ValueError, ValidationError) as err:
             raise HTTPException(422, f"not an Alertmanager webhook payload (version 4): {err}") from None
         except LlmopsError as err:

@@ -115,7 +115,6 @@ class Stack:
                 self._wait(specs[name], records)
                 timings[f"{name}_ready_s"] = time.monotonic() - t0
             timings["services_s"] = time.monotonic() - t0
-            self.ep.save()
             t1 = time.monotonic()
             registry = MlflowRegistry(self.ep.mlflow_url)
             ref = ensure_base_registered(registry, self.cfg.state_dir / "base" / "smollm2-135m-instruct",
