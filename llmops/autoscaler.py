@@ -43,14 +43,18 @@ class ScalablePool(Protocol):
     def update_scaling(self, fn: Callable[[ScalingState], None]) -> None: ...
 
 
-def observe(metrics: MetricsSource, model: str, alerts: frozenset[str] = frozenset()) -> Observation:
-    """The pool's signals from the recording rules (llmops/scaling_rules.py); None where there is no data."""
+def observe(metrics: MetricsSource, model: str, alerts: frozenset[str] = frozenset(),
+            peak_window_s: float = 60.0) -> Observation:
+    """The pool's signals from the recording rules (llmops/scaling_rules.py); None where there is no data.
+    `peak_window_s` (the scale-in cool-down) is the window of the load's peak that scale-in keeps capacity for."""
     sel = f'{{model="{model}"}}'
+    window = f"{max(int(round(peak_window_s)), 1)}s"
     return Observation(mean_latency_s=metrics.scalar(f"llmops:pool_latency_mean:10s{sel}"),
                        waiting=metrics.scalar(f"llmops:pool_waiting{sel}"),
                        in_flight=metrics.scalar(f"llmops:pool_in_flight{sel}"),
                        alerts=alerts | firing_alerts(metrics, model),
-                       request_rate=metrics.scalar(f"llmops:pool_requests:rate10s{sel}"))
+                       request_rate=metrics.scalar(f"llmops:pool_requests:rate10s{sel}"),
+                       peak_load=metrics.scalar(f"max_over_time(llmops:pool_load{sel}[{window}])"))
 
 
 def firing_alerts(metrics: MetricsSource, model: str) -> frozenset[str]:
@@ -111,7 +115,7 @@ class Autoscaler:
         view = PoolView(serving=len(serving), standby=len(standby),
                         canary_running=len({n.version for n in serving}) > 1,
                         last_scale_out_at=scaling.last_scale_out_at, low_since=scaling.low_since)
-        obs = observe(self.metrics, self.pool.model, alerts)
+        obs = observe(self.metrics, self.pool.model, alerts, self.policy.down_cooldown_s)
         decision = desired_replicas(obs, view, self.policy, t0, allow_scale_in=allow_scale_in)
         result = ScaleResult(decision, found, timeline=[("decision", self.clock())])
         self.say(f"decision: {decision.action.value} {decision.current} -> {decision.desired} "

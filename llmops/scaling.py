@@ -74,6 +74,9 @@ class Observation:
     in_flight: float | None  # requests being served, summed over the pool
     alerts: frozenset[str] = frozenset()  # names of the alerts firing for this pool
     request_rate: float | None = None  # requests/s; a known 0 explains an undefined mean latency (idle pool)
+    # the highest in flight + waiting over the last `down_cooldown_s` (Prometheus max_over_time): scale-in keeps
+    # the nodes that peak needed (a stabilisation window, as Kubernetes' HPA does), not what a lull needs
+    peak_load: float | None = None
 
     @property
     def idle(self) -> bool:
@@ -221,7 +224,12 @@ def desired_replicas(obs: Observation, pool: PoolView, policy: ScalePolicy, now:
         return ScaleDecision(Action.HOLD, cur, cur, (f"load low; scale-in cool-down: {left:.0f} s left",), (),
                              low_since, want)
     load = (obs.in_flight or 0.0) + (obs.waiting or 0.0)
-    needed = math.ceil(load / policy.target_in_flight_per_node - 1e-9)
+    peak = max(load, _finite(obs.peak_load) or 0.0)
+    needed = math.ceil(peak / policy.target_in_flight_per_node - 1e-9)
     target = max(policy.min_replicas, needed, cur - policy.max_step)
+    if target >= cur:
+        return ScaleDecision(Action.HOLD, cur, cur, (f"load low now, but its peak over the last "
+                                                     f"{policy.down_cooldown_s:.0f} s ({peak:.0f}) needs {needed}",),
+                             (), low_since, want)
     return ScaleDecision(Action.IN, target, cur, (f"load low for {now - low_since:.0f} s ({load:.0f} in flight "
-                                                  f"or waiting)",), (), now, want)
+                                                  f"or waiting, peak {peak:.0f})",), (), now, want)

@@ -19,7 +19,7 @@ from llmops.scaling import ScalePolicy
 
 RECORDS = ("llmops:pool_latency_mean:10s", "llmops:pool_latency_p95:10s", "llmops:pool_waiting",
            "llmops:pool_in_flight", "llmops:pool_error_ratio:30s", "llmops:pool_nodes_up",
-           "llmops:pool_requests:rate10s")
+           "llmops:pool_requests:rate10s", "llmops:pool_load")
 
 
 def _dur(seconds: float) -> str:
@@ -54,6 +54,8 @@ def scaling_rules(model: str, backend: str, policy: ScalePolicy, tenant: str = "
          f"/ sum(rate(llmops_node_requests_total{{{user}}}[30s]))"),
         ("llmops:pool_nodes_up", f'count(up{{job="nodes",{m}}} == 1)'),
     ]
+    # in flight + waiting, recorded every evaluation so that scale-in can read its peak over the cool-down
+    records.append(("llmops:pool_load", f"llmops:pool_in_flight{{{m}}} + llmops:pool_waiting{{{m}}}"))
     sel = f'{{model="{model}"}}'
     cap = f"(llmops:pool_nodes_up{sel} * {policy.target_in_flight_per_node:g})"
     alerts = [
