@@ -42,6 +42,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -104,7 +105,7 @@ class Result:
     p95s: list[float] = field(default_factory=list)
     actions: int = 0
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         return {"policy": self.name, "slo_attainment": self.windows_met / max(self.windows, 1),
                 "node_seconds": round(self.node_seconds), "max_nodes": self.max_nodes, "served": self.served,
                 "actions": self.actions}
@@ -326,9 +327,9 @@ def main() -> None:
     plain = sim.run("plain thresholds", PlainThresholds(a.slo_s / 2, policy.min_replicas, a.max_nodes), start_n)
     ours = sim.run("ours (desired_replicas)", Ours(policy, a.reaction_s, node.cold_start_s), start_n)
     rows = [r.as_dict() for r in (best, plain, ours)]
-    for r in rows:
-        r["slo_vs_static_peak"] = round(float(r["slo_attainment"]) / max(best.windows_met / best.windows, 1e-9), 3)
-        r["node_seconds_vs_static_peak"] = round(float(r["node_seconds"]) / best.node_seconds, 3)  # type: ignore
+    for row in rows:
+        row["slo_vs_static_peak"] = round(float(row["slo_attainment"]) / max(best.windows_met / best.windows, 1e-9), 3)
+        row["node_seconds_vs_static_peak"] = round(float(row["node_seconds"]) / best.node_seconds, 3)
     out = {"benchmark": "scale_sim", "trace": str(TRACE.relative_to(ROOT)), "scale": a.scale,
            "requests": len(arrivals), "slo_p95_s": a.slo_s, "window_s": 10, "node_model": {
                "source": str(GPU_RESULT.relative_to(ROOT)), "concurrency": node.concurrency,
@@ -339,9 +340,9 @@ def main() -> None:
     a.out.write_text(json.dumps(out, indent=1))
     print(f"{len(arrivals)} requests, SLO p95 <= {a.slo_s:g} s per 10 s window, cold start {node.cold_start_s:.1f} s")
     print(f"{'policy':<28} {'SLO met':>8} {'node-s':>10} {'max nodes':>10} {'SLO/static':>11} {'cost/static':>12}")
-    for r in rows:
-        print(f"{r['policy']:<28} {float(r['slo_attainment']):>8.3f} {r['node_seconds']:>10} {r['max_nodes']:>10} "
-              f"{r['slo_vs_static_peak']:>11} {r['node_seconds_vs_static_peak']:>12}")
+    for row in rows:
+        print(f"{row['policy']:<28} {float(row['slo_attainment']):>8.3f} {row['node_seconds']:>10} "
+              f"{row['max_nodes']:>10} {row['slo_vs_static_peak']:>11} {row['node_seconds_vs_static_peak']:>12}")
 
 
 if __name__ == "__main__":
