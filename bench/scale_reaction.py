@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,16 @@ def one_run(standby: int, workdir: Path) -> dict[str, Any]:
                             f'alertname=~"HighLatency|Backlog"}}', t_burst, time.time())
         run = httpx.get(f"{ep.prefect_api_url}/flow_runs/{action['run_id']}", timeout=10).json()
         flow_started = datetime.fromisoformat(run["start_time"]).timestamp() if run.get("start_time") else None
-        stages = {"threshold_crossed": crossed, "alert_firing": firing, "flow_started": flow_started,
+        run_created = datetime.fromisoformat(run["created"]).timestamp()
+        event_at = None  # when the receiver turned Alertmanager's call into the Prefect event that triggered the run
+        if run.get("parameters", {}).get("event_id"):
+            since = datetime.fromtimestamp(t_burst - 60, UTC).isoformat()
+            until = datetime.fromtimestamp(time.time() + 60, UTC).isoformat()
+            ev = httpx.post(f"{ep.prefect_api_url}/events/filter", timeout=10, json={"filter": {
+                "id": {"id": [run["parameters"]["event_id"]]}, "occurred": {"since": since, "until": until}}}).json()
+            event_at = next((datetime.fromisoformat(e["occurred"]).timestamp() for e in ev.get("events", [])), None)
+        stages = {"threshold_crossed": crossed, "alert_firing": firing, "event_posted": event_at,
+                  "flow_run_created": run_created, "flow_started": flow_started,
                   "decision": next((at for stage, at in action["timeline"] if stage == "decision"), None),
                   "in_rotation": min((at for stage, at in action["timeline"] if "in rotation" in stage), default=None)}
         rel = {k: (round(v - t_burst, 2) if v else None) for k, v in stages.items()}

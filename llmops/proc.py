@@ -37,14 +37,17 @@ class ProcRecord:
 
 
 def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
-          cwd: Path | None = None) -> ProcRecord:
-    """Start `argv` in a new session (its own process group), output appended to `log`."""
+          cwd: Path | None = None, nice: int = 0) -> ProcRecord:
+    """Start `argv` in a new session (its own process group), output appended to `log`, at CPU priority `nice`
+    (set right after the start, before it spawns anything; threads and children inherit it)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         out.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {' '.join(argv)}\n".encode())
         out.flush()
         proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True)
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
     return ProcRecord(proc.pid, psutil.Process(proc.pid).create_time(), tuple(argv), str(log))
 
 

@@ -57,6 +57,10 @@ class ServingSettings(StrictModel):
     cb_num_blocks: int = Field(128, ge=8)
     cb_block_size: int = Field(32, ge=8)
     torch_threads: int = Field(1, ge=1, le=64)
+    # CPU priority of node processes: on a host they share with the control plane (the local stack), saturated
+    # nodes must not starve the scale flow that adds capacity (measured: flow start 5 s -> see README); 0 on
+    # dedicated serving hosts
+    nice: int = Field(5, ge=0, le=19)
     start_timeout_s: float = Field(180.0, gt=0)
     max_concurrency_per_node: int = Field(4, ge=0)  # HAProxy maxconn per node; excess waits in the backend queue
     # LMDeploy (GPU hosts): it pins torch and peft, so it runs from its own interpreter (infra/lmdeploy/).

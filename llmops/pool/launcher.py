@@ -78,7 +78,7 @@ class LocalProcessLauncher:
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "PYTHONPATH": path}
         argv = engine_argv(Engine(node.engine), node.model, node, self.settings)
-        rec = proc.spawn(argv, workdir / "node.log", env=env, cwd=workdir)
+        rec = proc.spawn(argv, workdir / "node.log", env=env, cwd=workdir, nice=self.settings.nice)
         return node.model_copy(update={"proc": rec.to_json(), "status": NodeStatus.STARTING})
 
     def wait_ready(self, node: NodeRecord, timeout_s: float) -> None:
