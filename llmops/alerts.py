@@ -61,13 +61,17 @@ def alert_events(payload: dict[str, Any], now: datetime | None = None) -> list[d
                               "give every llmops alert rule the labels `pool` (the model name) and `tenant`")
         tenant = a.labels.get("tenant", DEFAULT_TENANT)
         values = {k.removeprefix("value_"): v for k, v in a.annotations.items() if k.startswith("value_")}
+        action = a.labels.get("action", "none")
+        # a quality regression is its own event (the `repair` deployment's trigger); the rest are alerts
+        kind = ("llmops.regression." + ("detected" if a.status == "firing" else "resolved") if action == "repair"
+                else f"llmops.alert.{a.status}")
         events.append({
             "id": str(uuid.uuid4()),
             "occurred": occurred,
-            "event": f"llmops.alert.{a.status}",
+            "event": kind,
             "resource": {"prefect.resource.id": pool_resource_id(tenant, pool), "prefect.resource.name": pool,
                          "llmops.tenant": tenant, "llmops.pool": pool, "llmops.alert": name,
-                         "llmops.action": a.labels.get("action", "none")},
+                         "llmops.action": action},
             "related": [],
             "payload": {"alert": name, "status": a.status, "tenant": tenant, "pool": pool,
                         "severity": a.labels.get("severity", ""), "summary": a.annotations.get("summary", ""),

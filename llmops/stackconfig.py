@@ -8,7 +8,9 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from llmops.config import StrictModel, load_config
+from llmops.repair import RepairPolicy
 from llmops.scaling import ScalePolicy
+from llmops.tenants import TenantSettings, validate_tenant_names
 
 DEFAULT_STACK_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "stack.yaml"
 
@@ -86,6 +88,15 @@ class StackConfig(StrictModel):
     service_timeout_s: float = Field(90.0, gt=0)
     work_pool: str = Field("local", pattern=r"^[a-z0-9][a-z0-9-]*$")
     scaling: ScalePolicy = ScalePolicy()
+    # namespaces with their own webhook secret and hooks (llmops/tenants.py); the stack's pool is `default`'s
+    tenants: dict[str, TenantSettings] = Field(default_factory=lambda: {"default": TenantSettings()})
+    repair: RepairPolicy = RepairPolicy()  # when bad feedback counts as a regression (llmops/repair.py)
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, v: dict[str, TenantSettings]) -> dict[str, TenantSettings]:
+        validate_tenant_names(list(v))
+        return v
 
     @field_validator("host")
     @classmethod

@@ -4,7 +4,10 @@
 runs the same CLI command in-process and wraps the FastAPI app it builds, adding:
 
 - `GET /metrics`: requests in flight, requests and latency by route and status, the served version;
-- header `X-Llmops-Model-Version` on every response, so the gateway, tests and metrics can attribute it.
+- header `X-Llmops-Model-Version` on every response, so the gateway, tests and metrics can attribute it;
+- the serving log: one JSON line per answered user chat completion (request id from the gateway's `X-Request-Id`,
+  tenant, version, messages, answer) appended to `$LLMOPS_SERVING_LOG`, where the feedback API finds what a
+  verdict refers to (llmops/data/serving_log.py).
 
 Run by the node launcher as:
     python -m infra.nodes.transformers_node --served-name NAME --version V --sha256 H -- <transformers serve args>
@@ -15,8 +18,11 @@ of requests is the registered model name while `transformers serve` pins the loc
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +42,51 @@ INFO = Gauge("llmops_node_model_info", "The model version this node serves", ["m
 _TRACKED = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
+def answer_text(body: bytes) -> str | None:
+    """The assistant's text of a chat completion response: plain JSON, or an SSE stream of deltas."""
+    text = body.decode("utf-8", errors="replace").strip()
+    if text.startswith("{"):
+        try:
+            return str(json.loads(text)["choices"][0]["message"]["content"] or "")
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
+    parts = []
+    for line in text.splitlines():
+        if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
+            try:
+                delta = json.loads(line[5:])["choices"][0].get("delta", {})
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                continue
+            parts.append(delta.get("content") or "")
+    return "".join(parts) if parts else None
+
+
+def log_served(path: Path, request_id: str, tenant: str, version: str, request_body: bytes, answer: str | None
+               ) -> None:
+    """Append one served request to the serving log; a request it cannot parse is not logged (never fatal)."""
+    try:
+        messages = json.loads(request_body)["messages"]
+    except (ValueError, KeyError, TypeError):
+        return
+    if answer is None or not request_id:
+        return
+    line = json.dumps({"request_id": request_id, "tenant": tenant, "model_version": version,
+                       "messages": [{"role": m["role"], "content": m["content"]} for m in messages
+                                    if isinstance(m, dict) and isinstance(m.get("content"), str)],
+                       "response": answer, "timestamp": datetime.now(UTC).isoformat()})
+    with path.open("a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
 def instrument(app: Any, served_name: str, version: str, sha256: str) -> Any:
     """Add /metrics, the version header and request metrics to the app `transformers serve` built."""
     from fastapi import Request, Response
 
     INFO.labels(served_name, version, sha256).set(1)
+    log_path = Path(os.environ["LLMOPS_SERVING_LOG"]) if os.environ.get("LLMOPS_SERVING_LOG") else None
+    tenant = os.environ.get("LLMOPS_TENANT", "default")
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -53,6 +99,8 @@ def instrument(app: Any, served_name: str, version: str, sha256: str) -> Any:
         if tracked and request.headers.get(PROBE_HEADER):
             route = "probe"  # quality-probe traffic: kept out of the user traffic a canary is judged on
         start = time.perf_counter()
+        logged = log_path is not None and route == "/v1/chat/completions" and request.method == "POST"
+        request_body = await request.body() if logged else b""  # Starlette replays it to the app
         if tracked:
             IN_FLIGHT.inc()
         try:
@@ -73,13 +121,19 @@ def instrument(app: Any, served_name: str, version: str, sha256: str) -> Any:
                 LATENCY.labels(route).observe(time.perf_counter() - start)
             else:
                 async def finishing() -> Any:
+                    sent: list[bytes] = []
                     try:
                         async for chunk in body:
+                            if logged:
+                                sent.append(chunk if isinstance(chunk, bytes) else str(chunk).encode())
                             yield chunk
                     finally:
                         IN_FLIGHT.dec()
                         REQUESTS.labels(route, status).inc()
                         LATENCY.labels(route).observe(time.perf_counter() - start)
+                        if logged and status == "200" and log_path is not None:
+                            log_served(log_path, request.headers.get("x-request-id", ""), tenant, version,
+                                       request_body, answer_text(b"".join(sent)))
 
                 response.body_iterator = finishing()
         return response

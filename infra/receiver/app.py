@@ -1,5 +1,10 @@
-"""The webhook receiver: Alertmanager alerts (and, with the repair issue, signed external calls) become Prefect
-events; `/metrics` publishes the pools' size, spend and budget for Prometheus.
+"""The webhook receiver: Alertmanager alerts and signed external calls become Prefect events; users' feedback goes
+to the S3 feedback log; `/metrics` publishes the pools' size, spend and budget, and the feedback counts.
+
+- `POST /alertmanager`: Alertmanager's webhook (bearer token), alerts -> `llmops.alert.*` /
+  `llmops.regression.*` events;
+- `POST /hooks/{tenant}/{hook}`: HMAC-signed calls (llmops/webhooks.py), one event each;
+- `POST /v1/feedback`: a verdict on an answer by the gateway's `X-Request-Id` -> S3 feedback log + counter.
 
     python -m infra.receiver --state-dir .llmops        (started by `llmops stack up`)
 
@@ -14,6 +19,9 @@ import argparse
 import hmac
 import json
 import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +33,52 @@ from pydantic import ValidationError
 
 from infra.stack.services import endpoints_for
 from llmops.alerts import alert_events
+from llmops.data.serving_log import FeedbackCall, ServingLog, feedback_record
 from llmops.endpoints import Endpoints
 from llmops.errors import LlmopsError
 from llmops.pool.state import PoolStore
 from llmops.stackconfig import StackConfig, load_effective_config
+from llmops.tenants import resolve_secret
+from llmops.webhooks import NonceStore, WebhookRejected, hook_event, verify
 
 MAX_BODY = 1 << 20  # 1 MiB: Alertmanager groups are small
+MAX_HOOK_BODY = 256 * 1024
+FEEDBACK_BUCKET = "llmops"
+FEEDBACK_PREFIX = "feedback/"  # what configs/train/*.yaml read (data.feedback_prefix)
 
 
-def create_app(cfg: StackConfig, ep: Endpoints, token: str) -> FastAPI:
+def prefect_secret_block(api_url: str) -> Callable[[str], str | None]:
+    """Read a Prefect Secret block's value through the server's REST API (None if there is no such block)."""
+    def load(name: str) -> str | None:
+        r = httpx.get(f"{api_url}/block_types/slug/secret/block_documents/name/{name}",
+                      params={"include_secrets": "true"}, timeout=10)
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        value = r.json().get("data", {}).get("value")
+        return str(value) if value else None
+    return load
+
+
+def s3_put(ep: Endpoints) -> Callable[[str, str, bytes], None]:
+    client: list[Any] = []
+
+    def put(bucket: str, key: str, body: bytes) -> None:
+        if not client:
+            client.append(ep.s3_client())
+        client[0].put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/x-ndjson")
+    return put
+
+
+def create_app(cfg: StackConfig, ep: Endpoints, token: str,
+               post_events: Callable[[list[dict[str, Any]]], None] | None = None,
+               put_object: Callable[[str, str, bytes], None] | None = None,
+               load_block: Callable[[str], str | None] | None = None) -> FastAPI:
+    """The receiver app. `post_events`, `put_object` and `load_block` default to the stack's Prefect server, S3
+    and Prefect Secret blocks (unit tests pass fakes)."""
     app = FastAPI(title="elastic-llmops receiver", version="1",
-                  description="Alertmanager and webhook calls -> Prefect events; pool spend metrics.")
+                  description="Alertmanager and signed webhook calls -> Prefect events; user feedback -> the S3 "
+                              "feedback log; pool spend and feedback metrics.")
     reg = CollectorRegistry()
     alerts_in = Counter("llmops_receiver_alerts", "Alerts received from Alertmanager", ["alert", "status"],
                         registry=reg)
@@ -50,8 +93,27 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str) -> FastAPI:
     budget = Gauge("llmops_pool_budget_per_hour", "The pool's hourly budget", ["model"], registry=reg)
     desired = Gauge("llmops_pool_desired_replicas", "Serving nodes wanted by the last scaling decision", ["model"],
                     registry=reg)
+    feedback_n = Counter("llmops_feedback", "User verdicts received", ["tenant", "model", "model_version", "verdict"],
+                         registry=reg)
+    hooks_in = Counter("llmops_receiver_hooks", "Signed webhook calls by outcome", ["tenant", "hook", "status"],
+                       registry=reg)
     store = PoolStore(cfg.state_dir / "pool" / "pool.json")
     http = httpx.Client(timeout=10)
+    nonces = NonceStore(cfg.state_dir / "receiver" / "nonces.sqlite")
+    served_log = ServingLog(cfg.state_dir / "serving-log")
+    block_loader = load_block if load_block is not None else prefect_secret_block(ep.prefect_api_url)
+    put = put_object if put_object is not None else s3_put(ep)
+
+    def send(events: list[dict[str, Any]]) -> None:
+        if post_events is not None:
+            post_events(events)
+            return
+        try:
+            r = http.post(f"{ep.prefect_api_url}/events", json=events)
+        except httpx.HTTPError as err:
+            raise HTTPException(502, f"Prefect server unreachable: {err}") from None
+        if r.status_code >= 300:
+            raise HTTPException(502, f"Prefect refused the events: HTTP {r.status_code} {r.text[:200]}")
 
     def check_token(authorization: str | None) -> None:
         if not authorization or not hmac.compare_digest(authorization, f"Bearer {token}"):
@@ -74,20 +136,84 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str) -> FastAPI:
             raise HTTPException(422, f"not an Alertmanager webhook payload (version 4): {err}") from None
         except LlmopsError as err:
             raise HTTPException(422, f"{err.problem}; fix: {err.fix}") from None
-        try:
-            r = http.post(f"{ep.prefect_api_url}/events", json=events)
-        except httpx.HTTPError as err:
-            raise HTTPException(502, f"Prefect server unreachable: {err}") from None
-        if r.status_code >= 300:
-            raise HTTPException(502, f"Prefect refused the events: HTTP {r.status_code} {r.text[:200]}")
+        send(events)
         for e in events:
             alerts_in.labels(e["payload"]["alert"], e["payload"]["status"]).inc()
             events_out.labels(e["event"]).inc()
         return {"events": [{"id": e["id"], "event": e["event"], "resource": e["resource"]["prefect.resource.id"]}
                            for e in events]}
 
+    @app.post("/hooks/{tenant}/{hook}", status_code=202, responses={
+        400: {"description": "malformed: bad timestamp or body not JSON"},
+        401: {"description": "unsigned, wrong signature, or timestamp outside the replay window"},
+        403: {"description": "unknown tenant, or a hook the tenant has not enabled"},
+        404: {"description": "no such hook"}, 409: {"description": "delivery id already received (replay)"},
+        413: {"description": "body over the limit"}, 422: {"description": "body does not match the hook's schema"},
+        502: {"description": "the Prefect server did not take the event; retry with the same delivery id"}})
+    async def hook(tenant: str, hook: str, request: Request) -> dict[str, Any]:
+        """A signed call becomes one Prefect event on `llmops.tenant.<tenant>`. Headers: `X-Llmops-Delivery-Id`,
+        `X-Llmops-Timestamp` (Unix s), `X-Llmops-Signature: v1,<base64 HMAC-SHA256(secret,
+        "<id>.<timestamp>.<body>")>` (MLflow registry webhooks: their `X-MLflow-*` headers). Schemas: train
+        `{config, reason}`, repair `{reason, model_version, bad_ratio}`, feedback `{items: [{request_id, verdict,
+        correction}]}`, rollout `{version, policy}`, mlflow `{entity, action, timestamp, data}`."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_HOOK_BODY:
+            hooks_in.labels(tenant[:40], hook[:40], "413").inc()
+            raise HTTPException(413, f"body of {declared} bytes exceeds the {MAX_HOOK_BODY}-byte limit")
+        body = b""
+        async for chunk in request.stream():  # read at most the limit + 1 byte, whatever the header said
+            body += chunk
+            if len(body) > MAX_HOOK_BODY:
+                break
+        settings = cfg.tenants.get(tenant)
+        try:
+            secret = resolve_secret(tenant, settings, cfg.state_dir, block_loader) if settings else None
+            v = verify(tenant, hook, request.headers, body, secret,
+                       frozenset(settings.hooks) if settings else frozenset(), nonces, max_body=MAX_HOOK_BODY)
+        except WebhookRejected as err:
+            hooks_in.labels(tenant[:40] if settings else "unknown", hook[:40], str(err.status)).inc()
+            raise HTTPException(err.status, err.message) from None
+        event = hook_event(v, datetime.now(UTC).isoformat(), str(uuid.uuid4()))
+        try:
+            send([event])
+        except HTTPException:
+            nonces.release(v.tenant, v.delivery_id)  # not delivered: the sender's retry must not be a "replay"
+            hooks_in.labels(tenant, hook, "502").inc()
+            raise
+        hooks_in.labels(tenant, hook, "202").inc()
+        events_out.labels(event["event"]).inc()
+        return {"event": event["event"], "id": event["id"], "resource": event["resource"]["prefect.resource.id"]}
+
+    @app.post("/v1/feedback", status_code=202, responses={
+        404: {"description": "request id not in the serving log"}, 422: {"description": "invalid body"},
+        502: {"description": "the feedback log (S3) did not take the record; nothing was counted"}})
+    def feedback(call: FeedbackCall) -> dict[str, Any]:
+        """A user's verdict on one answer, named by the `X-Request-Id` the gateway returned with it. Stored in the
+        S3 feedback log the training pipeline reads (one JSON line), and counted by tenant, model version and
+        verdict for the `RegressionDetected` alert."""
+        found = served_log.get(call.request_id)
+        if found is None:
+            raise HTTPException(404, f"request id {call.request_id!r} is not in the serving log: send the "
+                                     "X-Request-Id the gateway returned with the answer (CPU nodes log every answered "
+                                     "chat completion)")
+        now = datetime.now(UTC)
+        rec = feedback_record(call, found, now)
+        key = (f"{FEEDBACK_PREFIX}{rec.tenant}/{now:%Y/%m/%d}/{now:%H%M%S}-{uuid.uuid4().hex[:12]}.jsonl")
+        try:
+            put(FEEDBACK_BUCKET, key, (rec.model_dump_json() + "\n").encode())
+        except Exception as err:  # noqa: BLE001 - any storage failure: tell the client to retry, count nothing
+            raise HTTPException(502, f"feedback log unavailable ({type(err).__name__}: {err}); retry") from None
+        feedback_n.labels(rec.tenant, cfg.model.name, rec.model_version, rec.verdict.value).inc()
+        return {"stored": f"s3://{FEEDBACK_BUCKET}/{key}", "tenant": rec.tenant, "model_version": rec.model_version}
+
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:
+        # every version that served answers gets its feedback series at 0 before its first verdict, so that
+        # Prometheus' increase() sees the first one
+        served_log.refresh()
+        for t, version in served_log.versions():
+            for verdict in ("good", "bad"):
+                feedback_n.labels(t, cfg.model.name, version, verdict)
         state, now = store.read(), time.time()
         policy = cfg.scaling
         models = {n.model for n in state.nodes.values()} | set(state.scaling) | {cfg.model.name}

@@ -18,8 +18,10 @@ import yaml
 from llmops.endpoints import Endpoints
 from llmops.errors import ServiceError
 from llmops.pool.manager import backend_name
+from llmops.repair import regression_rules
 from llmops.scaling_rules import scaling_rules
 from llmops.stackconfig import StackConfig
+from llmops.tenants import ensure_local_secret
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INFRA = REPO_ROOT / "infra"
@@ -178,8 +180,10 @@ def write_scaling_rules(cfg: StackConfig) -> Path:
     d = cfg.state_dir / "prometheus" / "rules"
     d.mkdir(parents=True, exist_ok=True)
     rules = scaling_rules(cfg.model.name, backend_name(cfg.model.name), cfg.scaling)
+    rules["groups"].append(regression_rules(cfg.model.name, cfg.repair))
     path = d / f"scaling-{cfg.model.name}.yml"
-    path.write_text("# Rendered from the stack config's `scaling` section by `llmops stack up`; edit that.\n"
+    path.write_text("# Rendered from the stack config's `scaling` and `repair` sections by `llmops stack up`; edit "
+                    "those.\n"
                     + yaml.safe_dump(rules, sort_keys=False, width=200))
     return path
 
@@ -225,6 +229,8 @@ def alertmanager(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
 
 def receiver(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
     receiver_token(cfg.state_dir)
+    for tenant in cfg.tenants:  # used only where neither the env var nor a Prefect Secret block holds one
+        ensure_local_secret(cfg.state_dir, tenant)
     argv = [sys.executable, "-m", "infra.receiver", "--state-dir", str(cfg.state_dir)]
     return ServiceSpec("receiver", argv, [cfg.ports.receiver], ep.receiver_url,
                        lambda: http_ok(f"{ep.receiver_url}/health"),

@@ -58,10 +58,13 @@ class LocalProcessLauncher:
         repo_root: put on PYTHONPATH so the node wrapper imports from this checkout.
     """
 
-    def __init__(self, nodes_dir: Path, settings: ServingSettings, repo_root: Path) -> None:
+    def __init__(self, nodes_dir: Path, settings: ServingSettings, repo_root: Path,
+                 serving_log_dir: Path | None = None, tenant: str = "default") -> None:
         self.nodes_dir = nodes_dir
         self.settings = settings
         self.repo_root = repo_root
+        self.serving_log_dir = serving_log_dir
+        self.tenant = tenant
 
     def start(self, node: NodeRecord, model_dir: Path) -> NodeRecord:
         if Engine(node.engine) is Engine.LMDEPLOY:
@@ -76,7 +79,9 @@ class LocalProcessLauncher:
         path = os.pathsep.join(p for p in (str(self.repo_root), os.environ.get("PYTHONPATH", "")) if p)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "PYTHONPATH": path}
+               "PYTHONPATH": path, "LLMOPS_TENANT": self.tenant}
+        if self.serving_log_dir is not None:
+            env["LLMOPS_SERVING_LOG"] = str(self.serving_log_dir / f"{node.name}.jsonl")
         argv = engine_argv(Engine(node.engine), node.model, node, self.settings)
         rec = proc.spawn(argv, workdir / "node.log", env=env, cwd=workdir, nice=self.settings.nice)
         return node.model_copy(update={"proc": rec.to_json(), "status": NodeStatus.STARTING})

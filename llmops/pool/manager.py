@@ -191,7 +191,8 @@ def stack_pool(cfg: StackConfig, mlflow_url: str, haproxy_socket: Path, repo_roo
     """The pool of a local stack's model, wired to its registry, cache, launcher, HAProxy and state files."""
     sd = cfg.state_dir
     return Pool(model=cfg.model.name, backend=backend_name(cfg.model.name), registry=MlflowRegistry(mlflow_url),
-                cache=ModelCache(sd / "models"), launcher=LocalProcessLauncher(sd / "nodes", cfg.serving, repo_root),
+                cache=ModelCache(sd / "models"), launcher=LocalProcessLauncher(sd / "nodes", cfg.serving, repo_root,
+                                                                        serving_log_dir=sd / "serving-log"),
                 lb=HAProxyRuntime(haproxy_socket), store=PoolStore(sd / "pool" / "pool.json"),
                 targets_file=sd / "prometheus" / "targets" / "nodes.json", host=cfg.host,
                 node_base_port=cfg.ports.node_base, ready_timeout_s=cfg.serving.start_timeout_s,

@@ -62,3 +62,43 @@ def test_rendered_rules_pass_promtool_and_carry_the_routing_labels(tmp_path: Pat
     assert alerts["HighLatency"]["for"] == "3s"
     assert all(a["labels"]["pool"] == "support-assistant" and a["labels"]["tenant"] == "acme"
                for a in alerts.values())
+
+
+def test_regression_alert_fires_on_a_bad_ratio_with_volume_only(tmp_path: Path) -> None:
+    """promtool evaluates the rendered RegressionDetected rule on synthetic feedback counters: a pool with half its
+    verdicts bad fires; a pool as bad but with too few verdicts, and a pool with few bad ones, do not."""
+    from llmops.repair import RepairPolicy, regression_rules
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: install the Debian package prometheus (`make install`)"
+    policy = RepairPolicy(bad_ratio=0.3, window_s=120, min_feedback=10, for_s=10)
+    groups = [regression_rules(m, policy) for m in ("regressed", "quiet", "healthy")]
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}))
+
+    def series(model: str, verdict: str, per_10s: float) -> dict[str, str]:
+        return {"series": f'llmops_feedback_total{{model="{model}",tenant="default",model_version="1",'
+                          f'verdict="{verdict}"}}', "values": f"0+{per_10s}x60"}
+
+    test = {"rule_files": ["rules.yml"], "evaluation_interval": "10s", "tests": [{
+        "interval": "10s",
+        "input_series": [series("regressed", "bad", 1), series("regressed", "good", 1),
+                         series("quiet", "bad", 0.1), series("quiet", "good", 0.1),
+                         series("healthy", "bad", 0.1), series("healthy", "good", 1)],
+        "promql_expr_test": [{
+            "expr": 'ALERTS{alertname="RegressionDetected",alertstate="firing"}', "eval_time": "5m",
+            "exp_samples": [{"labels": 'ALERTS{alertname="RegressionDetected",alertstate="firing",model="regressed",'
+                                       'pool="regressed",tenant="default",severity="page",action="repair"}',
+                             "value": 1}]}]}]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    r = subprocess.run([promtool, "test", "rules", "test.yml"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_repair_alert_becomes_a_regression_event() -> None:
+    payload = {"version": "4", "status": "firing", "alerts": [{
+        "status": "firing", "labels": {"alertname": "RegressionDetected", "pool": "support-assistant",
+                                       "tenant": "acme", "action": "repair"},
+        "annotations": {"value_bad_ratio": "0.5"}}]}
+    (e,) = alert_events(payload)
+    assert e["event"] == "llmops.regression.detected" and e["payload"]["values"] == {"bad_ratio": "0.5"}
+    assert e["resource"]["prefect.resource.id"] == "llmops.pool.acme.support-assistant"
