@@ -1,0 +1,77 @@
+"""Feedback and signed hooks on the real stack: an answer's X-Request-Id -> a verdict stored in S3 and counted in
+Prometheus; a signed call becomes a Prefect event, a forged one does not."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from llmops.data.prepare import parse_feedback_lines
+from llmops.smoke import wait_metric
+from llmops.tenants import secret_file
+from llmops.webhooks import signed_headers
+
+pytestmark = pytest.mark.integration
+
+
+def events_named(stack: Any, name: str, since: datetime) -> list[dict[str, Any]]:
+    r = httpx.post(f"{stack.ep.prefect_api_url}/events/filter", timeout=10, json={"filter": {
+        "event": {"name": [name]}, "occurred": {"since": since.isoformat(),
+                                                "until": (datetime.now(UTC) + timedelta(minutes=1)).isoformat()}}})
+    r.raise_for_status()
+    return list(r.json().get("events", []))
+
+
+def test_a_verdict_on_a_served_answer_reaches_the_feedback_log_and_prometheus(stack: Any) -> None:
+    r = httpx.post(f"{stack.ep.gateway_url}/v1/chat/completions", timeout=60, json={
+        "model": stack.ep.model_name, "max_tokens": 12, "temperature": 0,
+        "messages": [{"role": "user", "content": "What is the refund window?"}]})
+    r.raise_for_status()
+    rid = r.headers["x-request-id"]
+    version = r.headers["x-llmops-model-version"]
+    answer = r.json()["choices"][0]["message"]["content"]
+    fb = None
+    for _ in range(20):  # the node appends the log line as the response finishes
+        fb = httpx.post(f"{stack.ep.receiver_url}/v1/feedback", timeout=10, json={
+            "request_id": rid, "verdict": "bad", "correction": "Refunds are accepted within 14 days."})
+        if fb.status_code != 404:
+            break
+        time.sleep(0.5)
+    assert fb is not None and fb.status_code == 202, fb.text if fb else None
+    bucket, key = fb.json()["stored"].removeprefix("s3://").split("/", 1)
+    body = stack.ep.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    recs, bad = parse_feedback_lines(key, body.splitlines())  # exactly what the training pipeline reads
+    assert not bad and recs[0].response == answer and recs[0].model_version == version
+    assert recs[0].messages[-1].content == "What is the refund window?"
+    assert wait_metric(stack.ep, f'sum(llmops_feedback_total{{verdict="bad",model_version="{version}"}})', 1) >= 1
+    unknown = httpx.post(f"{stack.ep.receiver_url}/v1/feedback", json={"request_id": "never-served",
+                                                                       "verdict": "bad"}, timeout=10)
+    assert unknown.status_code == 404 and "serving log" in unknown.json()["detail"]
+
+
+def test_signed_hook_becomes_an_event_and_a_forged_one_does_not(stack: Any) -> None:
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    secret = secret_file(stack.cfg.state_dir, "default").read_text().strip()
+    reason = f"integration {uuid.uuid4().hex[:8]}"
+    body = json.dumps({"reason": reason}).encode()
+    url = f"{stack.ep.receiver_url}/hooks/default/repair"
+    forged = httpx.post(url, content=body, timeout=10, headers=signed_headers("not the secret", body, "f-1"))
+    assert forged.status_code == 401
+    ok = httpx.post(url, content=body, timeout=10, headers=signed_headers(secret, body, uuid.uuid4().hex))
+    assert ok.status_code == 202, ok.text
+    found: list[dict[str, Any]] = []
+    for _ in range(20):
+        found = [e for e in events_named(stack, "llmops.regression.detected", since)
+                 if e.get("payload", {}).get("reason") == reason]
+        if found:
+            break
+        time.sleep(0.5)
+    assert len(found) == 1 and found[0]["resource"]["prefect.resource.id"] == "llmops.tenant.default"
+    spec = httpx.get(f"{stack.ep.receiver_url}/openapi.json", timeout=10).json()
+    assert "/hooks/{tenant}/{hook}" in spec["paths"] and "/v1/feedback" in spec["paths"]
