@@ -9,11 +9,19 @@ of them were bad, for `for_s`. Alertmanager -> receiver turns it into the Prefec
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from llmops.config import StrictModel
+from llmops.data.schema import ChatExample, FeedbackRecord, Verdict
+from llmops.evaluate.gate import EvalReport
 
 
 class RepairPolicy(StrictModel):
@@ -46,3 +54,179 @@ def regression_rules(model: str, policy: RepairPolicy, tenant: str = "default") 
                                     f"(window {w}, at least {policy.min_feedback} verdicts)",
                          "value_bad_ratio": "{{ $value }}"}},
     ]}
+
+
+class RepairSettings(StrictModel):
+    """How the `repair` flow builds, trains and gates a fix (configs/repair.yaml)."""
+
+    train_config: str = "configs/train/smollm2_repair.yaml"  # method and hyper-parameters of the fix
+    min_corrections: int = Field(3, ge=1)  # fewer: no training, an event and an artifact say why
+    heldout_fraction: float = Field(0.3, gt=0, lt=1)  # of the corrected questions: the must-fix check
+    replay_per_correction: float = Field(4.0, ge=0)  # champion training examples replayed per correction
+    correction_repeats: int = Field(3, ge=1)  # each correction appears this often in the repair set
+    fix_threshold: float = Field(0.8, gt=0, le=1)  # must fix: exact match on the held-out corrections
+    regress_tolerance: float = Field(0.05, ge=0, le=1)  # must not regress: per slice of the standing suite
+    max_leakage: float = Field(0.1, ge=0, le=1)
+    seed: int = 0
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def corrections_from(records: Sequence[FeedbackRecord], tenant: str, version: str | None = None
+                     ) -> tuple[list[FeedbackRecord], list[str]]:
+    """Bad verdicts with a correction, of one tenant (and of one served version when given); for a question asked
+    more than once, the newest correction wins. Returns them with the reasons others were left out."""
+    skipped: list[str] = []
+    latest: dict[str, FeedbackRecord] = {}
+    for r in sorted(records, key=lambda r: r.timestamp):
+        if r.tenant != tenant or r.verdict is not Verdict.BAD:
+            continue
+        if not r.correction:
+            skipped.append(f"{r.request_id}: bad verdict without a correction")
+            continue
+        if version is not None and r.model_version != version:
+            skipped.append(f"{r.request_id}: about version {r.model_version}, not {version}")
+            continue
+        latest[_norm(r.messages[-1].content)] = r
+    return list(latest.values()), skipped
+
+
+def _bucket(text: str, seed: int) -> float:
+    h = hashlib.sha256(f"{seed}:{_norm(text)}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def split_corrections(corrections: Sequence[FeedbackRecord], heldout_fraction: float, seed: int = 0
+                      ) -> tuple[list[ChatExample], list[ChatExample]]:
+    """(train, held-out) examples, split by a hash of the question (stable across runs); both sides non-empty
+    when there are two or more corrections."""
+    ex = [ChatExample(prompt=r.messages, completion=r.correction or "", slice="repair", source=f"feedback:{r.tenant}",
+                      ref_id=r.request_id) for r in corrections]
+    ranked = sorted(ex, key=lambda e: _bucket(e.prompt[-1].content, seed))
+    n_held = min(max(1, round(len(ranked) * heldout_fraction)), len(ranked) - 1) if len(ranked) > 1 else 0
+    return ranked[n_held:], ranked[:n_held]
+
+
+def replaced_answers(corrections: Sequence[FeedbackRecord]) -> set[str]:
+    """The champion's answers users corrected: replaying or judging on them would teach or demand the old answer."""
+    return {_norm(r.response) for r in corrections if r.response.strip()}
+
+
+def _words(text: str) -> set[str]:
+    return set(_norm(text).replace(".", " ").replace(",", " ").split())
+
+
+def without_replaced(examples: Sequence[ChatExample], replaced: set[str], similarity: float = 0.8
+                     ) -> list[ChatExample]:
+    """Examples whose answer is not one users corrected (nor within word-Jaccard `similarity` of one: a champion
+    that paraphrased its trained answer still taught the old fact)."""
+    rep = [_words(r) for r in replaced]
+
+    def close(text: str) -> bool:
+        w = _words(text)
+        return _norm(text) in replaced or any(len(w & r) / max(len(w | r), 1) >= similarity for r in rep)
+    return [e for e in examples if not close(e.completion)]
+
+
+def repair_dataset(train_corrections: Sequence[ChatExample], replay_pool: Sequence[ChatExample],
+                   replaced: set[str], settings: RepairSettings) -> list[ChatExample]:
+    """Corrections (repeated) plus a seeded sample of the champion's training data, minus the corrected answers,
+    shuffled: the fix is learnt and nothing else is forgotten."""
+    pool = without_replaced(replay_pool, replaced)
+    k = min(len(pool), round(len(train_corrections) * settings.replay_per_correction))
+    rng = random.Random(settings.seed)
+    out = [*train_corrections] * settings.correction_repeats + rng.sample(pool, k)
+    rng.shuffle(out)
+    return out
+
+
+@dataclass(frozen=True)
+class RepairDecision:
+    promote: bool
+    reasons: tuple[str, ...]
+    checks: dict[str, bool]
+
+
+def repair_gate(fix: EvalReport, suite_candidate: EvalReport, suite_champion: EvalReport,
+                settings: RepairSettings) -> RepairDecision:
+    """Must fix (exact match on the held-out corrections >= fix_threshold) and must not regress (no slice of the
+    standing suite falls more than regress_tolerance below the champion; leakage within bounds)."""
+    checks: dict[str, bool] = {}
+    reasons: list[str] = []
+    em = fix.overall.get("exact_match", 0.0)
+    checks["fixes"] = fix.n > 0 and em >= settings.fix_threshold
+    reasons.append(f"must fix: exact match {em:.3f} on {fix.n} held-out corrected question(s) "
+                   f"(needs {settings.fix_threshold:.2f})")
+    regressed = []
+    for name, base in suite_champion.slices.items():
+        got = suite_candidate.slices.get(name)
+        have = got.metrics.get("exact_match", 0.0) if got else 0.0
+        if got is None or have < base.metrics.get("exact_match", 0.0) - settings.regress_tolerance:
+            regressed.append(f"{name} ({have:.3f} < {base.metrics.get('exact_match', 0.0):.3f})")
+    checks["no_regression"] = not regressed
+    reasons.append("must not regress: " + (f"slices fell beyond {settings.regress_tolerance:.2f}: "
+                                           f"{', '.join(regressed)}" if regressed else
+                                           f"every one of {len(suite_champion.slices)} suite slices holds "
+                                           f"(overall {suite_candidate.overall.get('exact_match', 0):.3f} vs "
+                                           f"champion {suite_champion.overall.get('exact_match', 0):.3f})"))
+    checks["leakage_ok"] = suite_candidate.leakage <= settings.max_leakage
+    reasons.append(f"control-prompt leakage {suite_candidate.leakage:.3f} (max {settings.max_leakage:.2f})")
+    return RepairDecision(all(checks.values()), tuple(reasons), checks)
+
+
+class RunningRepair(StrictModel):
+    run_id: str
+    started_at: float
+    trigger: str = ""
+    alerts: list[dict[str, str]] = Field(default_factory=list)  # alerts that arrived while it ran
+
+
+class RepairState(StrictModel):
+    running: RunningRepair | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)  # newest last, at most 50
+
+
+class RepairStore:
+    """`<state>/repair/state.json` under a file lock: one repair at a time; a claim older than `stale_s` (a run
+    that died without releasing it) is taken over."""
+
+    def __init__(self, path: Path, stale_s: float = 1800.0) -> None:
+        self.path, self.stale_s = path, stale_s
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def read(self) -> RepairState:
+        return RepairState.model_validate_json(self.path.read_text()) if self.path.is_file() else RepairState()
+
+    def claim(self, run_id: str, trigger: str, alert: dict[str, str], now: float) -> RunningRepair | None:
+        """Take the repair slot; if another live repair holds it, record `alert` against that one and return it."""
+        with self.path.with_suffix(".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            st = self.read()
+            cur = st.running
+            if cur is not None and cur.run_id != run_id and now - cur.started_at < self.stale_s:
+                held = cur.model_copy(update={"alerts": [*cur.alerts, alert]})
+                new = st.model_copy(update={"running": held})
+                result: RunningRepair | None = held
+            else:
+                new = st.model_copy(update={"running": RunningRepair(run_id=run_id, started_at=now, trigger=trigger)})
+                result = None
+            self._write(new)
+            return result
+
+    def release(self, run_id: str, outcome: dict[str, Any]) -> RunningRepair | None:
+        """Free the slot (if this run holds it) and append the outcome to the history; returns what it held."""
+        with self.path.with_suffix(".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            st = self.read()
+            cur = st.running if st.running is not None and st.running.run_id == run_id else None
+            entry = {**outcome, "run_id": run_id, "alerts_during": list(cur.alerts) if cur else []}
+            self._write(st.model_copy(update={"running": None if cur else st.running,
+                                              "history": [*st.history, entry][-50:]}))
+            return cur
+
+    def _write(self, st: RepairState) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(st.model_dump_json(indent=1))
+        tmp.replace(self.path)

@@ -1,0 +1,55 @@
+"""prefect.yaml: every deployment points at a real flow, its triggers are valid Prefect triggers, and the events
+our receiver emits are the ones those triggers match (and only those)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+from prefect.events.schemas.events import Resource
+
+from llmops.alerts import alert_events
+from llmops.webhooks import RepairHook, Verified, hook_event
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOYMENTS = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+
+
+def fires(deployment: str, event: dict[str, Any]) -> bool:
+    for t in DEPLOYMENTS[deployment].get("triggers", []):
+        trig = DeploymentEventTrigger.model_validate(t)
+        if event["event"] in trig.expect and trig.match.matches(Resource.model_validate(event["resource"])):
+            return True
+    return False
+
+
+def alert(name: str, action: str, status: str = "firing") -> dict[str, Any]:
+    (e,) = alert_events({"alerts": [{"status": status, "labels": {"alertname": name, "pool": "sa", "tenant": "acme",
+                                                                  "action": action}}]})
+    return e
+
+
+def test_every_entrypoint_is_a_flow() -> None:
+    for name, d in DEPLOYMENTS.items():
+        path, func = d["entrypoint"].split(":")
+        mod = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        assert hasattr(getattr(mod, func), "fn"), f"{name}: {func} is not a Prefect flow"
+
+
+def test_scale_fires_on_capacity_alerts_only() -> None:
+    assert fires("scale", alert("HighLatency", "scale_out")) and fires("scale", alert("NodeDown", "replace"))
+    assert not fires("scale", alert("LowUtilisation", "scale_in"))
+    assert not fires("scale", alert("HighLatency", "scale_out", "resolved"))
+    assert not fires("scale", alert("RegressionDetected", "repair"))
+
+
+def test_repair_fires_on_the_alert_and_on_the_signed_webhook() -> None:
+    assert fires("repair", alert("RegressionDetected", "repair"))
+    assert not fires("repair", alert("RegressionDetected", "repair", "resolved"))
+    assert not fires("repair", alert("HighLatency", "scale_out"))
+    hook = hook_event(Verified("acme", "repair", "d1", "llmops.regression.detected", RepairHook(reason="r")),
+                      "2026-11-28T00:00:00+00:00", "e1")
+    assert fires("repair", hook)
