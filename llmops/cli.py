@@ -177,6 +177,47 @@ def rollout(version: Annotated[str, typer.Option(help="version number or alias t
         raise typer.Exit(1)
 
 
+@app.command("hook")
+def hook(tenant: Annotated[str, typer.Argument(help="tenant name (stack config `tenants`)")],
+         name: Annotated[str, typer.Argument(help="train | repair | feedback | rollout | mlflow")],
+         data: Annotated[str, typer.Option(help="the JSON body, e.g. '{\"reason\": \"refunds wrong\"}'")],
+         state_dir: StateOpt = None) -> None:
+    """Send a signed webhook call to the stack's receiver (the secret: $LLMOPS_WEBHOOK_SECRET_<TENANT>, else the
+    stack's generated one). Prints the receiver's answer; exits 1 on a refusal."""
+    import json
+    import uuid
+
+    import httpx
+
+    from llmops.endpoints import Endpoints
+    from llmops.stackconfig import load_effective_config
+    from llmops.tenants import resolve_secret
+    from llmops.webhooks import signed_headers
+
+    try:
+        ep = Endpoints.load(state_dir)
+        cfg = load_effective_config(ep.state_dir)
+        settings = cfg.tenants.get(tenant)
+        if settings is None:
+            raise LlmopsError(f"tenant {tenant!r} is not in the stack config", f"use one of {sorted(cfg.tenants)}")
+        secret = resolve_secret(tenant, settings, ep.state_dir)
+        if not secret:
+            raise LlmopsError(f"no webhook secret for tenant {tenant!r}",
+                              "set $LLMOPS_WEBHOOK_SECRET_<TENANT> or run `llmops stack up` to generate one")
+        try:
+            body = json.dumps(json.loads(data)).encode()
+        except ValueError as err:
+            raise LlmopsError(f"--data is not JSON: {err}", "quote the JSON body for the shell") from None
+        r = httpx.post(f"{ep.receiver_url}/hooks/{tenant}/{name}", content=body, timeout=30,
+                       headers={"Content-Type": "application/json",
+                                **signed_headers(secret, body, uuid.uuid4().hex)})
+    except LlmopsError as err:
+        _fail(err)
+    typer.echo(f"HTTP {r.status_code}: {r.text}")
+    if r.status_code >= 300:
+        raise typer.Exit(1)
+
+
 @app.command("load")
 def load(mode: Annotated[str, typer.Option(help="steady | burst | trace")] = "steady",
          rps: Annotated[float, typer.Option(help="requests per second (burst: the base rate)")] = 1.0,

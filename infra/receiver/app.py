@@ -39,7 +39,7 @@ from llmops.errors import LlmopsError
 from llmops.pool.state import PoolStore
 from llmops.stackconfig import StackConfig, load_effective_config
 from llmops.tenants import resolve_secret
-from llmops.webhooks import NonceStore, WebhookRejected, hook_event, verify
+from llmops.webhooks import FeedbackHook, NonceStore, WebhookRejected, hook_event, verify
 
 MAX_BODY = 1 << 20  # 1 MiB: Alertmanager groups are small
 MAX_HOOK_BODY = 256 * 1024
@@ -103,6 +103,31 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
     served_log = ServingLog(cfg.state_dir / "serving-log")
     block_loader = load_block if load_block is not None else prefect_secret_block(ep.prefect_api_url)
     put = put_object if put_object is not None else s3_put(ep)
+
+    def store_feedback(calls: list[FeedbackCall]) -> list[dict[str, Any]]:
+        """Every call's request must be in the serving log, else nothing is stored (404 naming them); each verdict
+        becomes one JSON-lines object in the S3 feedback log, then is counted."""
+        found = [(c, served_log.get(c.request_id)) for c in calls]
+        unknown = [c.request_id for c, f in found if f is None]
+        if unknown:
+            raise HTTPException(404, f"request id(s) {', '.join(repr(u) for u in unknown[:5])} not in the serving "
+                                     "log: send the X-Request-Id the gateway returned with the answer (CPU nodes log "
+                                     "every answered chat completion); nothing was stored")
+        out: list[dict[str, Any]] = []
+        for call, served in found:
+            assert served is not None
+            now = datetime.now(UTC)
+            rec = feedback_record(call, served, now)
+            key = f"{FEEDBACK_PREFIX}{rec.tenant}/{now:%Y/%m/%d}/{now:%H%M%S}-{uuid.uuid4().hex[:12]}.jsonl"
+            try:
+                put(FEEDBACK_BUCKET, key, (rec.model_dump_json() + "\n").encode())
+            except Exception as err:  # noqa: BLE001 - any storage failure: the client retries; this one is not counted
+                raise HTTPException(502, f"feedback log unavailable ({type(err).__name__}: {err}); "
+                                         f"{len(out)} of {len(calls)} stored; retry the rest") from None
+            feedback_n.labels(rec.tenant, cfg.model.name, rec.model_version, rec.verdict.value).inc()
+            out.append({"stored": f"s3://{FEEDBACK_BUCKET}/{key}", "tenant": rec.tenant,
+                        "model_version": rec.model_version})
+        return out
 
     def send(events: list[dict[str, Any]]) -> None:
         if post_events is not None:
@@ -174,6 +199,15 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
             hooks_in.labels(tenant[:40] if settings else "unknown", hook[:40], str(err.status)).inc()
             raise HTTPException(err.status, err.message) from None
         event = hook_event(v, datetime.now(UTC).isoformat(), str(uuid.uuid4()))
+        if isinstance(v.body, FeedbackHook):  # a batch of verdicts: stored like POST /v1/feedback, all or none
+            try:
+                stored = store_feedback([FeedbackCall.model_validate(i.model_dump()) for i in v.body.items])
+            except HTTPException:
+                nonces.release(v.tenant, v.delivery_id)
+                hooks_in.labels(tenant, hook, "404").inc()
+                raise
+            event["payload"] = {k: val for k, val in event["payload"].items() if k != "items"}
+            event["payload"]["stored"] = len(stored)
         try:
             send([event])
         except HTTPException:
@@ -191,20 +225,7 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
         """A user's verdict on one answer, named by the `X-Request-Id` the gateway returned with it. Stored in the
         S3 feedback log the training pipeline reads (one JSON line), and counted by tenant, model version and
         verdict for the `RegressionDetected` alert."""
-        found = served_log.get(call.request_id)
-        if found is None:
-            raise HTTPException(404, f"request id {call.request_id!r} is not in the serving log: send the "
-                                     "X-Request-Id the gateway returned with the answer (CPU nodes log every answered "
-                                     "chat completion)")
-        now = datetime.now(UTC)
-        rec = feedback_record(call, found, now)
-        key = (f"{FEEDBACK_PREFIX}{rec.tenant}/{now:%Y/%m/%d}/{now:%H%M%S}-{uuid.uuid4().hex[:12]}.jsonl")
-        try:
-            put(FEEDBACK_BUCKET, key, (rec.model_dump_json() + "\n").encode())
-        except Exception as err:  # noqa: BLE001 - any storage failure: tell the client to retry, count nothing
-            raise HTTPException(502, f"feedback log unavailable ({type(err).__name__}: {err}); retry") from None
-        feedback_n.labels(rec.tenant, cfg.model.name, rec.model_version, rec.verdict.value).inc()
-        return {"stored": f"s3://{FEEDBACK_BUCKET}/{key}", "tenant": rec.tenant, "model_version": rec.model_version}
+        return store_feedback([call])[0]
 
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:

@@ -174,3 +174,18 @@ def test_fuzz_no_5xx_and_no_event_from_an_unsigned_call(case: Any) -> None:
     response = case.call()
     assert response.status_code < 500, (case.method, case.path, response.text)
     assert _FUZZ.events == [], "a fuzzed (unsigned) call produced an event"
+
+
+def test_a_feedback_batch_hook_stores_all_or_nothing(world: World) -> None:
+    log = world.cfg.state_dir / "serving-log"
+    log.mkdir(parents=True)
+    (log / "n.jsonl").write_text(served_line("a") + "\n" + served_line("b") + "\n")
+    items = [{"request_id": "a", "verdict": "bad", "correction": "14 days"}, {"request_id": "zzz", "verdict": "good"}]
+    r = world.hook("acme", "feedback", {"items": items})
+    assert r.status_code == 404 and "zzz" in r.json()["detail"]
+    assert world.objects == {} and world.events == []
+    items[1]["request_id"] = "b"
+    ok = world.hook("acme", "feedback", {"items": items})
+    assert ok.status_code == 202, ok.text
+    assert len(world.objects) == 2 and world.events[0]["event"] == "llmops.feedback.batch"
+    assert world.events[0]["payload"]["stored"] == 2 and "items" not in world.events[0]["payload"]

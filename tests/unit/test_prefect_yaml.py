@@ -53,3 +53,13 @@ def test_repair_fires_on_the_alert_and_on_the_signed_webhook() -> None:
     hook = hook_event(Verified("acme", "repair", "d1", "llmops.regression.detected", RepairHook(reason="r")),
                       "2026-11-28T00:00:00+00:00", "e1")
     assert fires("repair", hook)
+
+
+def test_train_and_rollout_hooks_start_their_deployments() -> None:
+    from llmops.webhooks import RolloutHook, TrainHook
+
+    train = hook_event(Verified("acme", "train", "d2", "llmops.hook.train", TrainHook()), "2026-11-28T00:00:00Z", "e")
+    roll = hook_event(Verified("acme", "rollout", "d3", "llmops.hook.rollout", RolloutHook(version="7")),
+                      "2026-11-28T00:00:00Z", "e")
+    assert fires("train-pipeline", train) and not fires("rollout", train)
+    assert fires("rollout", roll) and not fires("train-pipeline", roll) and not fires("repair", roll)
