@@ -262,25 +262,27 @@ def demo(config: ConfigOpt = None, state_dir: StateOpt = None,
          train_config: Annotated[Path, typer.Option(help="training config of the demo")] = Path(
              "configs/train/smollm2_lora.yaml")) -> None:
     """The main job: bring the stack up and walk the journey end to end. The stack stays up afterwards."""
-    from llmops.smoke import run_burst, run_rollout, run_smoke, run_training
+    from llmops.smoke import run_burst, run_regression, run_rollout, run_smoke, run_training
 
     t0 = time.monotonic()
     try:
         stack = _stack(config, state_dir)
-        typer.secho("[1/5] stack up", bold=True)
+        typer.secho("[1/6] stack up", bold=True)
         t = stack.up(say=typer.echo)
         typer.echo(f"  up in {t['total_s']:.1f}s")
-        typer.secho("[2/5] smoke journey", bold=True)
+        typer.secho("[2/6] smoke journey", bold=True)
         run_smoke(stack.ep, say=typer.echo)
-        typer.secho("[3/5] train, evaluate and gate a challenger (train-pipeline)", bold=True)
+        typer.secho("[3/6] train, evaluate and gate a challenger (train-pipeline)", bold=True)
         tags = run_training(stack.ep, train_config, say=typer.echo)
-        typer.secho("[4/5] canary rollout of the challenger under load (rollout)", bold=True)
+        typer.secho("[4/6] canary rollout of the challenger under load (rollout)", bold=True)
         if tags.get("llmops.gate") == "pass":
             run_rollout(stack.ep, "challenger", say=typer.echo)
         else:
             typer.echo("  the challenger did not pass the gate: nothing to roll out")
-        typer.secho("[5/5] a traffic burst: alerts -> scale flow -> the pool grows; reconcile drains it", bold=True)
+        typer.secho("[5/6] a traffic burst: alerts -> scale flow -> the pool grows; reconcile drains it", bold=True)
         run_burst(stack.ep, say=typer.echo, min_replicas=stack.cfg.scaling.min_replicas)
+        typer.secho("[6/6] a policy changes: bad feedback -> RegressionDetected -> repair flow -> canary", bold=True)
+        run_regression(stack.ep, say=typer.echo)
     except LlmopsError as err:
         _fail(err)
     _print_urls(stack.ep)

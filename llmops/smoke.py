@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from llmops.endpoints import Endpoints
-from llmops.errors import ServiceError
+from llmops.errors import LlmopsError, ServiceError
 from llmops.pool.manager import backend_name
 from llmops.prefect_api import PrefectApi
 
@@ -195,3 +195,93 @@ def run_burst(ep: Endpoints, say: Say = print, base_rps: float = 0.5, burst_rps:
     say(f"  load: {load.get('ok')} ok, {load.get('failed')} failed, p95 {p95} s; "
         f"pool peaked at {peak} serving, now {sizes()[0]}")
     return {"peak_serving": peak, "final_serving": sizes()[0], "actions": actions, **load}
+
+
+REPAIR_POLICY = "refund-window"
+REPAIR_NEW_ANSWER = "Quillstack refunds annual plans within 30 days of purchase; monthly plans are not refundable."
+
+
+def _answer(ep: Endpoints, question: str) -> tuple[str, str, str]:
+    """One chat completion through the gateway: (answer, request id, serving version)."""
+    r = httpx.post(f"{ep.gateway_url}/v1/chat/completions", timeout=120, json={
+        "model": ep.model_name, "max_tokens": 48, "temperature": 0,
+        "messages": [{"role": "user", "content": question}]})
+    r.raise_for_status()
+    return r.json()["choices"][0]["message"]["content"], r.headers["x-request-id"], r.headers["x-llmops-model-version"]
+
+
+def send_feedback(ep: Endpoints, request_id: str, verdict: str, correction: str | None = None) -> None:
+    body: dict[str, object] = {"request_id": request_id, "verdict": verdict}
+    if correction:
+        body["correction"] = correction
+    r = None
+    for _ in range(20):  # the node appends the answer to the serving log as the response ends
+        r = httpx.post(f"{ep.receiver_url}/v1/feedback", json=body, timeout=10)
+        if r.status_code != 404:
+            break
+        time.sleep(0.3)
+    if r is None or r.status_code != 202:
+        raise LlmopsError(f"feedback refused: {r.status_code if r else '-'} {r.text if r else ''}",
+                          "check the receiver's log (`llmops stack logs receiver`)")
+
+
+def run_regression(ep: Endpoints, say: Say = print, asked: int = 16, unseen: int = 8, trigger_timeout_s: float = 120,
+                   repair_timeout_s: float = 900) -> dict[str, object]:
+    """The policy changes: users ask about it, mark the old answers bad with the new one as correction; the
+    RegressionDetected alert fires, the `repair` deployment fixes and canaries; then phrasings no correction used
+    are asked again. Returns the timings, the new champion and its exact match on those phrasings."""
+    from datetime import UTC, datetime, timedelta
+
+    from llmops.data.curated import DEFAULT_DIR, load_curated
+    from llmops.registry import MlflowRegistry
+
+    policy = next(p for p in load_curated(DEFAULT_DIR).policies if p.id == REPAIR_POLICY)
+    questions = policy.train_questions[:asked]
+    held = [*policy.heldout_questions, *policy.train_questions[asked:asked + unseen]]
+    reg = MlflowRegistry(ep.mlflow_url)
+    before = reg.resolve(ep.model_name, "champion").version
+    t_created = datetime.now(UTC) - timedelta(seconds=2)
+    say(f"  the {REPAIR_POLICY} policy changed to: {REPAIR_NEW_ANSWER}")
+    for q in questions:
+        answer, rid, _ = _answer(ep, q)
+        send_feedback(ep, rid, "bad", REPAIR_NEW_ANSWER)
+    say(f"  {len(questions)} users got the old answer from v{before} and sent a bad verdict with the correction")
+    t0 = time.monotonic()
+    fired_at: float | None = None
+    ratio_fired: float | None = None
+    run: dict[str, object] | None = None
+    while time.monotonic() - t0 < trigger_timeout_s and run is None:
+        if fired_at is None and prom_query(ep, 'ALERTS{alertname="RegressionDetected",alertstate="firing"}'):
+            fired_at = time.monotonic()
+            ratio_fired = prom_query(ep, "llmops:pool_bad_feedback_ratio")
+            say(f"  t=+{fired_at - t0:.0f}s RegressionDetected firing (bad ratio {ratio_fired})")
+        r = httpx.post(f"{ep.prefect_api_url}/flow_runs/filter", timeout=10, json={
+            "flows": {"name": {"any_": ["repair"]}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 50})
+        r.raise_for_status()
+        runs = [x for x in r.json() if datetime.fromisoformat(x["created"]) >= t_created]
+        run = runs[0] if runs else None
+        time.sleep(1)
+    if run is None:
+        raise LlmopsError(f"no repair flow run within {trigger_timeout_s:.0f} s of the feedback",
+                          "check the RegressionDetected rule in Prometheus and the receiver's log")
+    api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
+    say(f"  t=+{time.monotonic() - t0:.0f}s repair flow run: {api.run_link(str(run['id']))}")
+    st = api.wait(str(run["id"]), repair_timeout_s)
+    fixed_at = time.monotonic()
+    champion = reg.resolve(ep.model_name, "champion")
+    say(f"  t=+{fixed_at - t0:.0f}s repair run {st.state}; champion v{before} -> v{champion.version}")
+    answers = []
+    for q in held:
+        answer, rid, version = _answer(ep, q)
+        good = " ".join(answer.split()) == REPAIR_NEW_ANSWER
+        answers.append((q, answer, version, good))
+        send_feedback(ep, rid, "good" if good else "bad", None if good else REPAIR_NEW_ANSWER)
+    em = sum(a[3] for a in answers) / len(answers)
+    time.sleep(6)  # scraped and recorded
+    ratio_after = prom_query(ep, "llmops:pool_bad_feedback_ratio")
+    say(f"  {len(held)} phrasings no correction used: exact match {em:.2f}; bad-feedback ratio "
+        f"{ratio_fired} -> {ratio_after}")
+    return {"run_state": st.state, "run_id": run["id"], "champion_before": before, "champion_after": champion.version,
+            "champion_tags": champion.tags, "heldout_exact_match": em, "answers": answers,
+            "alert_fired": fired_at is not None, "ratio_when_fired": ratio_fired, "ratio_after": ratio_after,
+            "alert_to_fixed_s": round(fixed_at - (fired_at or t0), 1)}
