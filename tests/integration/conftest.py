@@ -15,8 +15,11 @@ from llmops.stackconfig import StackConfig, load_stack_config
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked `stack_teardown` (they stop the shared stack) run after every other test."""
-    items.sort(key=lambda item: item.get_closest_marker("stack_teardown") is not None)
+    """The repair test runs after the training pipeline (it repairs the champion that pipeline promoted, and its
+    corrections must not reach that pipeline's training data); tests marked `stack_teardown` (they stop the
+    shared stack) run after every other test."""
+    items.sort(key=lambda item: (item.get_closest_marker("stack_teardown") is not None,
+                                 item.nodeid.startswith("tests/integration/test_repair.py")))
 
 
 def free_ports_config(state_dir: Path, **extra: object) -> dict[str, object]:
