@@ -62,10 +62,10 @@ class RepairSettings(StrictModel):
     train_config: str = "configs/train/smollm2_repair.yaml"  # method and hyper-parameters of the fix
     min_corrections: int = Field(3, ge=1)  # fewer: no training, an event and an artifact say why
     heldout_fraction: float = Field(0.3, gt=0, lt=1)  # of the corrected questions: the must-fix check
-    replay_per_correction: float = Field(4.0, ge=0)  # champion training examples replayed per correction
+    replay_per_correction: float = Field(16.0, ge=0)  # champion training examples replayed per correction
     correction_repeats: int = Field(3, ge=1)  # each correction appears this often in the repair set
     fix_threshold: float = Field(0.8, gt=0, le=1)  # must fix: exact match on the held-out corrections
-    regress_tolerance: float = Field(0.05, ge=0, le=1)  # must not regress: per slice of the standing suite
+    regress_tolerance: float = Field(0.05, ge=0, le=1)  # must not regress: overall, and per slice (+ one question)
     max_leakage: float = Field(0.1, ge=0, le=1)
     seed: int = 0
 
@@ -151,26 +151,31 @@ class RepairDecision:
 
 def repair_gate(fix: EvalReport, suite_candidate: EvalReport, suite_champion: EvalReport,
                 settings: RepairSettings) -> RepairDecision:
-    """Must fix (exact match on the held-out corrections >= fix_threshold) and must not regress (no slice of the
-    standing suite falls more than regress_tolerance below the champion; leakage within bounds)."""
+    """Must fix (exact match on the held-out corrections >= fix_threshold) and must not regress: the standing
+    suite's exact match may not fall more than `regress_tolerance` below the champion's, nor any slice more than
+    `regress_tolerance` plus one of its questions (a slice holds 6-9 questions: a single flip is below what it can
+    resolve; measured: two repairs with the same overall score as the champion differed by one question in two
+    slices); leakage within bounds."""
     checks: dict[str, bool] = {}
     reasons: list[str] = []
     em = fix.overall.get("exact_match", 0.0)
     checks["fixes"] = fix.n > 0 and em >= settings.fix_threshold
     reasons.append(f"must fix: exact match {em:.3f} on {fix.n} held-out corrected question(s) "
                    f"(needs {settings.fix_threshold:.2f})")
+    new_all, old_all = suite_candidate.overall.get("exact_match", 0.0), suite_champion.overall.get("exact_match", 0.0)
     regressed = []
+    if new_all < old_all - settings.regress_tolerance:
+        regressed.append(f"overall ({new_all:.3f} < {old_all:.3f})")
     for name, base in suite_champion.slices.items():
         got = suite_candidate.slices.get(name)
-        have = got.metrics.get("exact_match", 0.0) if got else 0.0
-        if got is None or have < base.metrics.get("exact_match", 0.0) - settings.regress_tolerance:
-            regressed.append(f"{name} ({have:.3f} < {base.metrics.get('exact_match', 0.0):.3f})")
+        have, had = (got.metrics.get("exact_match", 0.0) if got else 0.0), base.metrics.get("exact_match", 0.0)
+        if got is None or have < had - settings.regress_tolerance - 1 / max(base.n, 1) - 1e-9:
+            regressed.append(f"{name} ({have:.3f} < {had:.3f})")
     checks["no_regression"] = not regressed
-    reasons.append("must not regress: " + (f"slices fell beyond {settings.regress_tolerance:.2f}: "
+    reasons.append("must not regress: " + (f"fell beyond the tolerance {settings.regress_tolerance:.2f}: "
                                            f"{', '.join(regressed)}" if regressed else
-                                           f"every one of {len(suite_champion.slices)} suite slices holds "
-                                           f"(overall {suite_candidate.overall.get('exact_match', 0):.3f} vs "
-                                           f"champion {suite_champion.overall.get('exact_match', 0):.3f})"))
+                                           f"overall {new_all:.3f} vs champion {old_all:.3f}, every one of "
+                                           f"{len(suite_champion.slices)} suite slices within tolerance"))
     checks["leakage_ok"] = suite_candidate.leakage <= settings.max_leakage
     reasons.append(f"control-prompt leakage {suite_candidate.leakage:.3f} (max {settings.max_leakage:.2f})")
     return RepairDecision(all(checks.values()), tuple(reasons), checks)

@@ -82,6 +82,10 @@ def test_gate_needs_the_fix_and_no_regression() -> None:
     leaky = repair_gate(report(1.0), report(0.9, {"shipping": 0.9, "general": 0.5}, leakage=0.3), champ, s)
     assert not leaky.promote
     assert not repair_gate(report(1.0, n=0), report(0.9, {"shipping": 0.9, "general": 0.5}), champ, s).promote
+    one_flip = repair_gate(report(1.0), report(0.9, {"shipping": 0.8, "general": 0.5}), champ, s)  # 1 of 10
+    assert one_flip.promote, one_flip.reasons
+    overall = repair_gate(report(1.0), report(0.8, {"shipping": 0.9, "general": 0.5}), champ, s)
+    assert not overall.promote and "overall" in " ".join(overall.reasons)
 
 
 def test_one_repair_at_a_time_later_alerts_are_recorded_against_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
