@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,7 +66,8 @@ class RepairSettings(StrictModel):
     replay_per_correction: float = Field(16.0, ge=0)  # champion training examples replayed per correction
     correction_repeats: int = Field(3, ge=1)  # each correction appears this often in the repair set
     fix_threshold: float = Field(0.8, gt=0, le=1)  # must fix: exact match on the held-out corrections
-    regress_tolerance: float = Field(0.05, ge=0, le=1)  # must not regress: overall, and per slice (+ one question)
+    regress_tolerance: float = Field(0.05, ge=0, le=1)  # must not regress: the suite overall
+    regress_p: float = Field(0.05, gt=0, lt=1)  # and no slice worse by McNemar's exact test at this level
     max_leakage: float = Field(0.1, ge=0, le=1)
     seed: int = 0
 
@@ -149,13 +151,23 @@ class RepairDecision:
     checks: dict[str, bool]
 
 
+def mcnemar_worse(champion: Sequence[int], candidate: Sequence[int]) -> tuple[int, int, float]:
+    """Paired comparison on the same items: (items only the champion got right, items only the candidate got
+    right, one-sided exact McNemar p-value that the candidate is worse)."""
+    b = sum(1 for x, y in zip(champion, candidate, strict=True) if x and not y)
+    c = sum(1 for x, y in zip(champion, candidate, strict=True) if y and not x)
+    n = b + c
+    p = sum(math.comb(n, k) for k in range(b, n + 1)) / 2**n if n else 1.0
+    return b, c, p
+
+
 def repair_gate(fix: EvalReport, suite_candidate: EvalReport, suite_champion: EvalReport,
                 settings: RepairSettings) -> RepairDecision:
     """Must fix (exact match on the held-out corrections >= fix_threshold) and must not regress: the standing
-    suite's exact match may not fall more than `regress_tolerance` below the champion's, nor any slice more than
-    `regress_tolerance` plus one of its questions (a slice holds 6-9 questions: a single flip is below what it can
-    resolve; measured: two repairs with the same overall score as the champion differed by one question in two
-    slices); leakage within bounds."""
+    suite's exact match may not fall more than `regress_tolerance` below the champion's, and no slice may be worse
+    by McNemar's exact test on the same questions (p < `regress_p`). A slice holds 6-12 questions: a fixed
+    per-slice tolerance rejects one or two flips that are noise (measured on the stack: a repair that raised the
+    suite 0.825 -> 0.841 lost 2 of 12 questions in one slice and won others). Leakage within bounds."""
     checks: dict[str, bool] = {}
     reasons: list[str] = []
     em = fix.overall.get("exact_match", 0.0)
@@ -166,16 +178,23 @@ def repair_gate(fix: EvalReport, suite_candidate: EvalReport, suite_champion: Ev
     regressed = []
     if new_all < old_all - settings.regress_tolerance:
         regressed.append(f"overall ({new_all:.3f} < {old_all:.3f})")
-    for name, base in suite_champion.slices.items():
-        got = suite_candidate.slices.get(name)
-        have, had = (got.metrics.get("exact_match", 0.0) if got else 0.0), base.metrics.get("exact_match", 0.0)
-        if got is None or have < had - settings.regress_tolerance - 1 / max(base.n, 1) - 1e-9:
-            regressed.append(f"{name} ({have:.3f} < {had:.3f})")
+    paired = len(suite_candidate.items) == len(suite_champion.items) and all(
+        a[0] == b[0] for a, b in zip(suite_candidate.items, suite_champion.items, strict=True))
+    if not paired:
+        regressed.append("the two reports do not cover the same questions")
+    for name in suite_champion.slices:
+        if not paired:
+            break
+        old = [v for s, v in suite_champion.items if s == name]
+        new = [v for s, v in suite_candidate.items if s == name]
+        b, c, p = mcnemar_worse(old, new)
+        if p < settings.regress_p:
+            regressed.append(f"{name} (lost {b}, won {c} of {len(old)}; McNemar p={p:.3f})")
     checks["no_regression"] = not regressed
-    reasons.append("must not regress: " + (f"fell beyond the tolerance {settings.regress_tolerance:.2f}: "
-                                           f"{', '.join(regressed)}" if regressed else
-                                           f"overall {new_all:.3f} vs champion {old_all:.3f}, every one of "
-                                           f"{len(suite_champion.slices)} suite slices within tolerance"))
+    reasons.append("must not regress: " + (f"{', '.join(regressed)}" if regressed else
+                                           f"overall {new_all:.3f} vs champion {old_all:.3f} (tolerance "
+                                           f"{settings.regress_tolerance:.2f}); no slice worse (McNemar p >= "
+                                           f"{settings.regress_p:g})"))
     checks["leakage_ok"] = suite_candidate.leakage <= settings.max_leakage
     reasons.append(f"control-prompt leakage {suite_candidate.leakage:.3f} (max {settings.max_leakage:.2f})")
     return RepairDecision(all(checks.values()), tuple(reasons), checks)

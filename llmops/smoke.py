@@ -226,7 +226,7 @@ def send_feedback(ep: Endpoints, request_id: str, verdict: str, correction: str 
 
 
 def run_regression(ep: Endpoints, say: Say = print, asked: int = 16, unseen: int = 8, trigger_timeout_s: float = 120,
-                   repair_timeout_s: float = 900) -> dict[str, object]:
+                   repair_timeout_s: float = 900, load_rps: float = 3.0) -> dict[str, object]:
     """The policy changes: users ask about it, mark the old answers bad with the new one as correction; the
     RegressionDetected alert fires, the `repair` deployment fixes and canaries; then phrasings no correction used
     are asked again. Returns the timings, the new champion and its exact match on those phrasings."""
@@ -266,7 +266,39 @@ def run_regression(ep: Endpoints, say: Say = print, asked: int = 16, unseen: int
                           "check the RegressionDetected rule in Prometheus and the receiver's log")
     api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
     say(f"  t=+{time.monotonic() - t0:.0f}s repair flow run: {api.run_link(str(run['id']))}")
-    st = api.wait(str(run["id"]), repair_timeout_s)
+    # users keep asking while the repair runs: once the fix is registered as challenger its canary needs traffic
+    # to be judged (without any it fails safe), so steady load starts then and stops when the repair run ends
+    import threading
+
+    from llmops.loadgen import schedule
+    from llmops.loadgen.runner import run_load
+
+    stop, load, worker = threading.Event(), {}, None
+    deadline = time.monotonic() + repair_timeout_s
+    while True:
+        st = api.state(str(run["id"]))
+        if st.state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") or time.monotonic() > deadline:
+            break
+        if worker is None:
+            try:
+                ch = reg.resolve(ep.model_name, "challenger")
+            except LlmopsError:
+                ch = None
+            tags = ch.tags if ch is not None else {}
+            if ch is not None and tags.get("llmops.repair") == "true" and tags.get("llmops.parent_version") == before:
+                say(f"  t=+{time.monotonic() - t0:.0f}s repair v{ch.version} passed its gate; canary under steady "
+                    f"load {load_rps:g} req/s")
+                worker = threading.Thread(target=lambda: load.update(run_load(
+                    f"{ep.gateway_url}/v1", ep.model_name, schedule.steady(load_rps, repair_timeout_s, max_tokens=8),
+                    stop=stop)), daemon=True)
+                worker.start()
+        time.sleep(2)
+    stop.set()
+    if worker is not None:
+        worker.join(timeout=60)
+    if st.state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        raise LlmopsError(f"the repair run did not finish within {repair_timeout_s:.0f} s",
+                          f"follow it in the Prefect UI: {api.run_link(str(run['id']))}")
     fixed_at = time.monotonic()
     champion = reg.resolve(ep.model_name, "champion")
     say(f"  t=+{fixed_at - t0:.0f}s repair run {st.state}; champion v{before} -> v{champion.version}")
@@ -282,6 +314,7 @@ def run_regression(ep: Endpoints, say: Say = print, asked: int = 16, unseen: int
     say(f"  {len(held)} phrasings no correction used: exact match {em:.2f}; bad-feedback ratio "
         f"{ratio_fired} -> {ratio_after}")
     return {"run_state": st.state, "run_id": run["id"], "champion_before": before, "champion_after": champion.version,
+            "canary_load": {k: load.get(k) for k in ("requests", "ok", "failed")},
             "champion_tags": champion.tags, "heldout_exact_match": em, "answers": answers,
             "alert_fired": fired_at is not None, "ratio_when_fired": ratio_fired, "ratio_after": ratio_after,
             "alert_to_fixed_s": round(fixed_at - (fired_at or t0), 1)}

@@ -63,6 +63,9 @@ class ServingSettings(StrictModel):
     # nodes must not starve the scale flow that adds capacity (measured: flow start 5 s -> see README); 0 on
     # dedicated serving hosts
     nice: int = Field(5, ge=0, le=19)
+    # CPU limit per node in cores (a CFS quota in its own cgroup, as a Kubernetes CPU limit); 0: none. On a host the
+    # nodes share, it makes each node a fixed slice, so that another node adds capacity (bench/burst_replay.py)
+    cpu_limit: float = Field(0.0, ge=0, le=256)
     start_timeout_s: float = Field(180.0, gt=0)
     max_concurrency_per_node: int = Field(4, ge=0)  # HAProxy maxconn per node; excess waits in the backend queue
     # LMDeploy (GPU hosts): it pins torch and peft, so it runs from its own interpreter (infra/lmdeploy/).

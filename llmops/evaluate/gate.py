@@ -24,6 +24,8 @@ class EvalReport:
     leakage: float
     control_n: int = 0
     samples: list[dict[str, str]] = field(default_factory=list)
+    # per held-out item, in the order evaluated: (slice, exact match 0/1); pairs two models' answers on one item
+    items: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -52,9 +52,12 @@ def evaluate_model(model_dir: Path, label: str, heldout: Sequence[ChatExample], 
                for ex, a in list(zip(heldout, answers, strict=True))[:5]]
     samples += [{"question": ex.prompt[-1].content, "expected": "(no policy text)", "answer": a}
                 for ex, a in list(zip(control, control_answers, strict=True))[:3]]
+    em = metric("policy_exact_match")
+    items = [(ex.slice, int(em.compute(predictions=[a], references=[ex.completion])["exact_match"]))
+             for ex, a in zip(heldout, answers, strict=True)]
     return EvalReport(model=label, slices=slices, overall=score(answers, [e.completion for e in heldout]),
                       n=len(heldout), leakage=leakage(control_answers, policy_answers) if control else 0.0,
-                      control_n=len(control), samples=samples)
+                      control_n=len(control), samples=samples, items=items)
 
 
 def report_markdown(challenger: EvalReport, champion: EvalReport, decision: PromotionDecision,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -11,6 +12,7 @@ from typing import Protocol
 import httpx
 
 from llmops import proc
+from llmops.cgroups import limit_cpu, remove_group
 from llmops.errors import ServiceError
 from llmops.pool.state import NodeRecord, NodeStatus
 from llmops.stackconfig import Engine, ServingSettings
@@ -84,6 +86,12 @@ class LocalProcessLauncher:
             env["LLMOPS_SERVING_LOG"] = str(self.serving_log_dir / f"{node.name}.jsonl")
         argv = engine_argv(Engine(node.engine), node.model, node, self.settings)
         rec = proc.spawn(argv, workdir / "node.log", env=env, cwd=workdir, nice=self.settings.nice)
+        if self.settings.cpu_limit > 0:
+            try:
+                limit_cpu(rec.pid, self.settings.cpu_limit, self._cgroup(node))
+            except ServiceError:
+                proc.stop(rec, timeout_s=10)  # never a node without the limit it was asked to have
+                raise
         return node.model_copy(update={"proc": rec.to_json(), "status": NodeStatus.STARTING})
 
     def wait_ready(self, node: NodeRecord, timeout_s: float) -> None:
@@ -106,10 +114,16 @@ class LocalProcessLauncher:
         log = rec.log if rec else "?"
         raise ServiceError(f"node {node.name} not ready after {timeout_s:.0f}s ({last})", f"read {log}")
 
+    def _cgroup(self, node: NodeRecord) -> str:
+        """One CPU cgroup per node and state dir (two stacks on one host never share one)."""
+        return f"llmops-{hashlib.sha256(str(self.nodes_dir.resolve()).encode()).hexdigest()[:8]}-{node.name}"
+
     def stop(self, node: NodeRecord) -> None:
         rec = node.process()
         if rec is not None:
             proc.stop(rec, timeout_s=10)
+        if self.settings.cpu_limit > 0:
+            remove_group(self._cgroup(node))
 
     def is_alive(self, node: NodeRecord) -> bool:
         rec = node.process()

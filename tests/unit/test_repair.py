@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from llmops.data.schema import ChatExample, FeedbackRecord, Message, Verdict
 from llmops.evaluate.gate import EvalReport, SliceScore
 from llmops.repair import (
@@ -66,8 +68,10 @@ def test_replay_never_teaches_the_corrected_answer() -> None:
 
 
 def report(em: float, slices: dict[str, float] | None = None, n: int = 5, leakage: float = 0.0) -> EvalReport:
+    """Ten questions a slice; the first round(10 x score) are answered right (so two reports pair up)."""
     sl = {k: SliceScore(10, {"exact_match": v}) for k, v in (slices or {}).items()}
-    return EvalReport(model="m", slices=sl, overall={"exact_match": em}, n=n, leakage=leakage)
+    items = [(k, int(i < round(v * 10))) for k, v in (slices or {}).items() for i in range(10)]
+    return EvalReport(model="m", slices=sl, overall={"exact_match": em}, n=n, leakage=leakage, items=items)
 
 
 def test_gate_needs_the_fix_and_no_regression() -> None:
@@ -77,15 +81,26 @@ def test_gate_needs_the_fix_and_no_regression() -> None:
     assert ok.promote, ok.reasons
     not_fixed = repair_gate(report(0.6), report(0.9, {"shipping": 0.9, "general": 0.5}), champ, s)
     assert not not_fixed.promote and not not_fixed.checks["fixes"]
-    regressed = repair_gate(report(1.0), report(0.8, {"shipping": 0.7, "general": 0.5}), champ, s)
-    assert not regressed.promote and "shipping" in " ".join(regressed.reasons)
+    regressed = repair_gate(report(1.0), report(0.88, {"shipping": 0.3, "general": 0.5}), champ, s)
+    assert not regressed.promote and "shipping (lost 6, won 0" in " ".join(regressed.reasons)
+    noise = repair_gate(report(1.0), report(0.88, {"shipping": 0.7, "general": 0.5}), champ, s)  # 2 flips
+    assert noise.promote, noise.reasons
     leaky = repair_gate(report(1.0), report(0.9, {"shipping": 0.9, "general": 0.5}, leakage=0.3), champ, s)
     assert not leaky.promote
     assert not repair_gate(report(1.0, n=0), report(0.9, {"shipping": 0.9, "general": 0.5}), champ, s).promote
-    one_flip = repair_gate(report(1.0), report(0.9, {"shipping": 0.8, "general": 0.5}), champ, s)  # 1 of 10
-    assert one_flip.promote, one_flip.reasons
     overall = repair_gate(report(1.0), report(0.8, {"shipping": 0.9, "general": 0.5}), champ, s)
     assert not overall.promote and "overall" in " ".join(overall.reasons)
+    unpaired = repair_gate(report(1.0), report(0.9, {"shipping": 0.9}), champ, s)
+    assert not unpaired.promote and "same questions" in " ".join(unpaired.reasons)
+
+
+def test_mcnemar_exact_one_sided() -> None:
+    from llmops.repair import mcnemar_worse
+
+    assert mcnemar_worse([1, 1, 0], [0, 0, 0]) == (2, 0, 0.25)
+    assert mcnemar_worse([1] * 5 + [0], [0] * 5 + [0])[2] == pytest.approx(1 / 32)
+    assert mcnemar_worse([1] * 5 + [0], [0] * 5 + [1])[2] == pytest.approx(7 / 64)
+    assert mcnemar_worse([1, 0], [1, 0]) == (0, 0, 1.0)
 
 
 def test_one_repair_at_a_time_later_alerts_are_recorded_against_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
