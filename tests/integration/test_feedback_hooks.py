@@ -45,7 +45,11 @@ def test_a_verdict_on_a_served_answer_reaches_the_feedback_log_and_prometheus(st
         time.sleep(0.5)
     assert fb is not None and fb.status_code == 202, fb.text if fb else None
     bucket, key = fb.json()["stored"].removeprefix("s3://").split("/", 1)
-    body = stack.ep.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    s3 = stack.ep.s3_client()
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    finally:  # this test's verdict must not become training data of the pipeline tests on the same stack
+        s3.delete_object(Bucket=bucket, Key=key)
     recs, bad = parse_feedback_lines(key, body.splitlines())  # exactly what the training pipeline reads
     assert not bad and recs[0].response == answer and recs[0].model_version == version
     assert recs[0].messages[-1].content == "What is the refund window?"
