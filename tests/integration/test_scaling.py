@@ -211,5 +211,6 @@ def test_a_killed_node_leaves_rotation_within_5s_and_reconcile_replaces_it(scale
     stop.set()
     load.join()
     print(json.dumps({"out_of_rotation_s": round(out_of_rotation_s, 2), "load": result}))
-    # a request on the killed node when it died may fail (it was in flight there); nothing else may
-    assert result["failed"] <= 1, result
+    # the requests in flight on the killed node when it died may fail, nothing else: HAProxy gives a node at most
+    # `max_concurrency_per_node` (2 here) at once (a fresh-clone run lost 2: one cut connection, one 502)
+    assert result["failed"] <= scale_stack.cfg.serving.max_concurrency_per_node, result
