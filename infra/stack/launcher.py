@@ -16,6 +16,7 @@ from llmops import proc
 from llmops.basemodel import ensure_base_registered
 from llmops.endpoints import Endpoints
 from llmops.errors import ServiceError
+from llmops.pool.launcher import LocalProcessLauncher
 from llmops.pool.manager import Pool, stack_pool
 from llmops.registry import MlflowRegistry
 from llmops.stackconfig import StackConfig, save_effective_config
@@ -212,6 +213,8 @@ class Stack:
         nodes = pool.nodes()
         proc.stop_all([r for r in (n.process() for n in nodes) if r is not None])
         for node in nodes:
+            if isinstance(pool.launcher, LocalProcessLauncher):
+                pool.launcher.release(node)  # its CPU cgroup, if serving.cpu_limit made one
             say(f"  stopped {node.name}")
             pool._forget(node.name)
         pool.write_targets()

@@ -88,7 +88,7 @@ class LocalProcessLauncher:
         rec = proc.spawn(argv, workdir / "node.log", env=env, cwd=workdir, nice=self.settings.nice)
         if self.settings.cpu_limit > 0:
             try:
-                limit_cpu(rec.pid, self.settings.cpu_limit, self._cgroup(node))
+                limit_cpu(rec.pid, self.settings.cpu_limit, self.cgroup_name(node))
             except ServiceError:
                 proc.stop(rec, timeout_s=10)  # never a node without the limit it was asked to have
                 raise
@@ -114,7 +114,7 @@ class LocalProcessLauncher:
         log = rec.log if rec else "?"
         raise ServiceError(f"node {node.name} not ready after {timeout_s:.0f}s ({last})", f"read {log}")
 
-    def _cgroup(self, node: NodeRecord) -> str:
+    def cgroup_name(self, node: NodeRecord) -> str:
         """One CPU cgroup per node and state dir (two stacks on one host never share one)."""
         return f"llmops-{hashlib.sha256(str(self.nodes_dir.resolve()).encode()).hexdigest()[:8]}-{node.name}"
 
@@ -122,8 +122,12 @@ class LocalProcessLauncher:
         rec = node.process()
         if rec is not None:
             proc.stop(rec, timeout_s=10)
+        self.release(node)
+
+    def release(self, node: NodeRecord) -> None:
+        """Remove what a stopped node leaves on the host (its CPU cgroup)."""
         if self.settings.cpu_limit > 0:
-            remove_group(self._cgroup(node))
+            remove_group(self.cgroup_name(node))
 
     def is_alive(self, node: NodeRecord) -> bool:
         rec = node.process()
