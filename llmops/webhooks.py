@@ -81,7 +81,7 @@ class RepairHook(_Strict):
 class FeedbackItem(_Strict):
     request_id: str = Field(min_length=1, max_length=200)
     verdict: Literal["good", "bad"]
-    correction: str | None = Field(None, max_length=4000)
+    correction: str | None = Field(None, min_length=1, max_length=4000)  # as /v1/feedback: omit, never blank
 
 
 class FeedbackHook(_Strict):

@@ -202,9 +202,9 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
         if isinstance(v.body, FeedbackHook):  # a batch of verdicts: stored like POST /v1/feedback, all or none
             try:
                 stored = store_feedback([FeedbackCall.model_validate(i.model_dump()) for i in v.body.items])
-            except HTTPException:
+            except HTTPException as err:  # 404 (unknown request ids) or 502 (S3 down)
                 nonces.release(v.tenant, v.delivery_id)
-                hooks_in.labels(tenant, hook, "404").inc()
+                hooks_in.labels(tenant, hook, str(err.status_code)).inc()
                 raise
             event["payload"] = {k: val for k, val in event["payload"].items() if k != "items"}
             event["payload"]["stored"] = len(stored)

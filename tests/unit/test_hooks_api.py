@@ -184,6 +184,8 @@ def test_a_feedback_batch_hook_stores_all_or_nothing(world: World) -> None:
     r = world.hook("acme", "feedback", {"items": items})
     assert r.status_code == 404 and "zzz" in r.json()["detail"]
     assert world.objects == {} and world.events == []
+    blank = world.hook("acme", "feedback", {"items": [{"request_id": "a", "verdict": "bad", "correction": ""}]})
+    assert blank.status_code == 422 and world.objects == {}  # as /v1/feedback: a blank correction is refused
     items[1]["request_id"] = "b"
     ok = world.hook("acme", "feedback", {"items": items})
     assert ok.status_code == 202, ok.text
