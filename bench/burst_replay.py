@@ -34,8 +34,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -44,8 +42,7 @@ from llmops.loadgen.runner import run_load  # noqa: E402
 from llmops.loadgen.stats import percentile  # noqa: E402
 from llmops.pool.state import PoolStore  # noqa: E402
 from llmops.prefect_api import PrefectApi  # noqa: E402
-from llmops.stackconfig import load_stack_config  # noqa: E402
-from tests.integration.conftest import free_ports_config  # noqa: E402
+from tests.integration.conftest import free_ports_config, write_config  # noqa: E402
 
 SHARED = {"high_latency_s": 2.0, "backlog": 4, "target_in_flight_per_node": 4, "alert_for_s": 2,
           "up_cooldown_s": 15, "down_cooldown_s": 15, "max_step": 2, "node_price_per_hour": 1.0,
@@ -93,8 +90,7 @@ def one_arm(name: str, policy: dict[str, Any], arrivals: list[Any], slo_s: float
             cpu_limit: float) -> dict[str, Any]:
     cfg_data = free_ports_config(workdir / "state", scaling=policy,
                                  serving={"max_concurrency_per_node": 2, "cpu_limit": cpu_limit})
-    (workdir / "stack.yaml").write_text(yaml.safe_dump(cfg_data))
-    stack = Stack(load_stack_config(workdir / "stack.yaml"))
+    stack = Stack(write_config(workdir, cfg_data))
     stack.up(say=lambda _: None)
     try:
         ep = stack.ep

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,8 +34,7 @@ from llmops.loadgen.runner import run_load  # noqa: E402
 from llmops.loadgen.schedule import burst  # noqa: E402
 from llmops.pool.state import PoolStore  # noqa: E402
 from llmops.prefect_api import PrefectApi  # noqa: E402
-from llmops.stackconfig import load_stack_config  # noqa: E402
-from tests.integration.conftest import free_ports_config  # noqa: E402
+from tests.integration.conftest import free_ports_config, write_config  # noqa: E402
 
 POLICY = {"min_replicas": 2, "max_replicas": 4, "high_latency_s": 3.0, "backlog": 4,
           "target_in_flight_per_node": 4, "alert_for_s": 2, "up_cooldown_s": 15, "down_cooldown_s": 15,
@@ -53,8 +51,7 @@ def first_true(prom: str, expr: str, start: float, end: float) -> float | None:
 def one_run(standby: int, workdir: Path) -> dict[str, Any]:
     policy = {**POLICY, "warm_standby": standby}
     cfg_data = free_ports_config(workdir / "state", scaling=policy, serving={"max_concurrency_per_node": 2})
-    (workdir / "stack.yaml").write_text(yaml.safe_dump(cfg_data))
-    stack = Stack(load_stack_config(workdir / "stack.yaml"))
+    stack = Stack(write_config(workdir, cfg_data))
     stack.up(say=lambda _: None)
     try:
         ep = stack.ep

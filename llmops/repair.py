@@ -13,7 +13,7 @@ import fcntl
 import hashlib
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,34 +223,33 @@ class RepairStore:
     def read(self) -> RepairState:
         return RepairState.model_validate_json(self.path.read_text()) if self.path.is_file() else RepairState()
 
-    def claim(self, run_id: str, trigger: str, alert: dict[str, str], now: float) -> RunningRepair | None:
-        """Take the repair slot; if another live repair holds it, record `alert` against that one and return it."""
+    def _transact(self, change: Callable[[RepairState], tuple[RepairState, RunningRepair | None]]
+                  ) -> RunningRepair | None:
+        """Read, change and atomically write the state under the exclusive file lock; returns `change`'s result."""
         with self.path.with_suffix(".lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            st = self.read()
+            new, result = change(self.read())
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(new.model_dump_json(indent=1))
+            tmp.replace(self.path)
+            return result
+
+    def claim(self, run_id: str, trigger: str, alert: dict[str, str], now: float) -> RunningRepair | None:
+        """Take the repair slot; if another live repair holds it, record `alert` against that one and return it."""
+        def change(st: RepairState) -> tuple[RepairState, RunningRepair | None]:
             cur = st.running
             if cur is not None and cur.run_id != run_id and now - cur.started_at < self.stale_s:
                 held = cur.model_copy(update={"alerts": [*cur.alerts, alert]})
-                new = st.model_copy(update={"running": held})
-                result: RunningRepair | None = held
-            else:
-                new = st.model_copy(update={"running": RunningRepair(run_id=run_id, started_at=now, trigger=trigger)})
-                result = None
-            self._write(new)
-            return result
+                return st.model_copy(update={"running": held}), held
+            mine = RunningRepair(run_id=run_id, started_at=now, trigger=trigger)
+            return st.model_copy(update={"running": mine}), None
+        return self._transact(change)
 
     def release(self, run_id: str, outcome: dict[str, Any]) -> RunningRepair | None:
         """Free the slot (if this run holds it) and append the outcome to the history; returns what it held."""
-        with self.path.with_suffix(".lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            st = self.read()
+        def change(st: RepairState) -> tuple[RepairState, RunningRepair | None]:
             cur = st.running if st.running is not None and st.running.run_id == run_id else None
             entry = {**outcome, "run_id": run_id, "alerts_during": list(cur.alerts) if cur else []}
-            self._write(st.model_copy(update={"running": None if cur else st.running,
-                                              "history": [*st.history, entry][-50:]}))
-            return cur
-
-    def _write(self, st: RepairState) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(st.model_dump_json(indent=1))
-        tmp.replace(self.path)
+            return st.model_copy(update={"running": None if cur else st.running,
+                                         "history": [*st.history, entry][-50:]}), cur
+        return self._transact(change)

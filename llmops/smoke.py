@@ -201,16 +201,18 @@ REPAIR_POLICY = "refund-window"
 REPAIR_NEW_ANSWER = "Quillstack refunds annual plans within 30 days of purchase; monthly plans are not refundable."
 
 
-def _answer(ep: Endpoints, question: str) -> tuple[str, str, str]:
+def answer_with_id(ep: Endpoints, question: str, max_tokens: int = 48) -> tuple[str, str, str]:
     """One chat completion through the gateway: (answer, request id, serving version)."""
     r = httpx.post(f"{ep.gateway_url}/v1/chat/completions", timeout=120, json={
-        "model": ep.model_name, "max_tokens": 48, "temperature": 0,
+        "model": ep.model_name, "max_tokens": max_tokens, "temperature": 0,
         "messages": [{"role": "user", "content": question}]})
     r.raise_for_status()
     return r.json()["choices"][0]["message"]["content"], r.headers["x-request-id"], r.headers["x-llmops-model-version"]
 
 
-def send_feedback(ep: Endpoints, request_id: str, verdict: str, correction: str | None = None) -> None:
+def send_feedback(ep: Endpoints, request_id: str, verdict: str, correction: str | None = None
+                  ) -> dict[str, object]:
+    """POST /v1/feedback; returns the receiver's answer (where the verdict was stored)."""
     body: dict[str, object] = {"request_id": request_id, "verdict": verdict}
     if correction:
         body["correction"] = correction
@@ -223,6 +225,7 @@ def send_feedback(ep: Endpoints, request_id: str, verdict: str, correction: str 
     if r is None or r.status_code != 202:
         raise LlmopsError(f"feedback refused: {r.status_code if r else '-'} {r.text if r else ''}",
                           "check the receiver's log (`llmops stack logs receiver`)")
+    return dict(r.json())
 
 
 def run_regression(ep: Endpoints, say: Say = print, asked: int = 16, unseen: int = 8, trigger_timeout_s: float = 120,
@@ -243,7 +246,7 @@ def run_regression(ep: Endpoints, say: Say = print, asked: int = 16, unseen: int
     t_created = datetime.now(UTC) - timedelta(seconds=2)
     say(f"  the {REPAIR_POLICY} policy changed to: {REPAIR_NEW_ANSWER}")
     for q in questions:
-        answer, rid, _ = _answer(ep, q)
+        answer, rid, _ = answer_with_id(ep, q)
         send_feedback(ep, rid, "bad", REPAIR_NEW_ANSWER)
     say(f"  {len(questions)} users got the old answer from v{before} and sent a bad verdict with the correction")
     t0 = time.monotonic()
@@ -304,7 +307,7 @@ def run_regression(ep: Endpoints, say: Say = print, asked: int = 16, unseen: int
     say(f"  t=+{fixed_at - t0:.0f}s repair run {st.state}; champion v{before} -> v{champion.version}")
     answers = []
     for q in held:
-        answer, rid, version = _answer(ep, q)
+        answer, rid, version = answer_with_id(ep, q)
         good = " ".join(answer.split()) == REPAIR_NEW_ANSWER
         answers.append((q, answer, version, good))
         send_feedback(ep, rid, "good" if good else "bad", None if good else REPAIR_NEW_ANSWER)

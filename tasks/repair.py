@@ -9,8 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from llmops.data.curated import DEFAULT_DIR, load_curated
 from llmops.data.dataset import build_dataset
-from llmops.data.feedback import list_feedback_objects
-from llmops.data.prepare import parse_feedback_lines
+from llmops.data.feedback import list_feedback_objects, read_feedback
 from llmops.data.schema import ChatExample, FeedbackRecord
 from llmops.endpoints import Endpoints
 from llmops.evaluate.gate import EvalReport
@@ -22,14 +21,9 @@ from tasks.retry import transient_only
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=transient_only)
 def read_feedback_records(bucket: str, prefix: str) -> list[FeedbackRecord]:
     """Every valid record of the S3 feedback log (invalid lines are the training pipeline's quarantine)."""
-    ep = Endpoints.load()
-    s3 = ep.s3_client()
-    out: list[FeedbackRecord] = []
-    for ref in list_feedback_objects(s3, bucket, prefix):
-        body = s3.get_object(Bucket=bucket, Key=ref.key)["Body"].read().decode("utf-8", errors="replace")
-        recs, _ = parse_feedback_lines(f"s3://{bucket}/{ref.key}", body.splitlines())
-        out += recs
-    return out
+    s3 = Endpoints.load().s3_client()
+    records, _, _ = read_feedback(s3, bucket, list_feedback_objects(s3, bucket, prefix))
+    return records
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from llmops.data.prepare import parse_feedback_lines
-from llmops.smoke import wait_metric
+from llmops.smoke import answer_with_id, send_feedback, wait_metric
 from llmops.tenants import secret_file
 from llmops.webhooks import signed_headers
 
@@ -29,22 +29,9 @@ def events_named(stack: Any, name: str, since: datetime) -> list[dict[str, Any]]
 
 
 def test_a_verdict_on_a_served_answer_reaches_the_feedback_log_and_prometheus(stack: Any) -> None:
-    r = httpx.post(f"{stack.ep.gateway_url}/v1/chat/completions", timeout=60, json={
-        "model": stack.ep.model_name, "max_tokens": 12, "temperature": 0,
-        "messages": [{"role": "user", "content": "What is the refund window?"}]})
-    r.raise_for_status()
-    rid = r.headers["x-request-id"]
-    version = r.headers["x-llmops-model-version"]
-    answer = r.json()["choices"][0]["message"]["content"]
-    fb = None
-    for _ in range(20):  # the node appends the log line as the response finishes
-        fb = httpx.post(f"{stack.ep.receiver_url}/v1/feedback", timeout=10, json={
-            "request_id": rid, "verdict": "bad", "correction": "Refunds are accepted within 14 days."})
-        if fb.status_code != 404:
-            break
-        time.sleep(0.5)
-    assert fb is not None and fb.status_code == 202, fb.text if fb else None
-    bucket, key = fb.json()["stored"].removeprefix("s3://").split("/", 1)
+    answer, rid, version = answer_with_id(stack.ep, "What is the refund window?", max_tokens=12)
+    stored = send_feedback(stack.ep, rid, "bad", "Refunds are accepted within 14 days.")  # 202, else it raises
+    bucket, key = str(stored["stored"]).removeprefix("s3://").split("/", 1)
     s3 = stack.ep.s3_client()
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
