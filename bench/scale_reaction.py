@@ -60,8 +60,7 @@ def one_run(standby: int, workdir: Path) -> dict[str, Any]:
             st = api.wait(api.run_deployment("reconcile", "reconcile"), 300)
             assert st.state == "COMPLETED", st
         # only the alert path may act during the burst: the scheduled reconcile is paused (as "pause scaling")
-        dep = httpx.get(f"{ep.prefect_api_url}/deployments/name/reconcile/reconcile", timeout=10).json()["id"]
-        httpx.post(f"{ep.prefect_api_url}/deployments/{dep}/pause_deployment", timeout=10).raise_for_status()
+        api.set_paused("reconcile", "reconcile", True)
         time.sleep(10)  # a quiet baseline
         store = PoolStore(stack.cfg.state_dir / "pool" / "pool.json")
         before = len(store.read().scaling_of(ep.model_name).actions)
@@ -86,16 +85,16 @@ def one_run(standby: int, workdir: Path) -> dict[str, Any]:
                              f"(llmops:pool_latency_mean:10s{sel} > {POLICY['high_latency_s']})", t_burst, time.time())
         firing = first_true(ep.prometheus_url, f'ALERTS{{alertstate="firing",pool="{ep.model_name}",'
                             f'alertname=~"HighLatency|Backlog"}}', t_burst, time.time())
-        run = httpx.get(f"{ep.prefect_api_url}/flow_runs/{action['run_id']}", timeout=10).json()
+        run: dict[str, Any] = api.json("GET", f"/flow_runs/{action['run_id']}")
         flow_started = datetime.fromisoformat(run["start_time"]).timestamp() if run.get("start_time") else None
         run_created = datetime.fromisoformat(run["created"]).timestamp()
         event_at = None  # when the receiver turned Alertmanager's call into the Prefect event that triggered the run
         if run.get("parameters", {}).get("event_id"):
             since = datetime.fromtimestamp(t_burst - 60, UTC).isoformat()
             until = datetime.fromtimestamp(time.time() + 60, UTC).isoformat()
-            ev = httpx.post(f"{ep.prefect_api_url}/events/filter", timeout=10, json={"filter": {
-                "id": {"id": [run["parameters"]["event_id"]]}, "occurred": {"since": since, "until": until}}}).json()
-            event_at = next((datetime.fromisoformat(e["occurred"]).timestamp() for e in ev.get("events", [])), None)
+            ev = api.events({"filter": {"id": {"id": [run["parameters"]["event_id"]]},
+                                        "occurred": {"since": since, "until": until}}})
+            event_at = next((datetime.fromisoformat(str(e["occurred"])).timestamp() for e in ev), None)
         stages = {"threshold_crossed": crossed, "alert_firing": firing, "event_posted": event_at,
                   "flow_run_created": run_created, "flow_started": flow_started,
                   "decision": next((at for stage, at in action["timeline"] if stage == "decision"), None),

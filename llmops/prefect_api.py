@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -27,7 +28,7 @@ class PrefectApi:
         self.api_url, self.ui_url = api_url.rstrip("/"), ui_url.rstrip("/")
         self.http = httpx.Client(timeout=15)
 
-    def _request(self, method: str, path: str, **kw: object) -> httpx.Response:
+    def request(self, method: str, path: str, **kw: object) -> httpx.Response:
         """One API call; 503 is the server's "retry me" (e.g. SQLite busy), so it is retried with backoff."""
         delay = 0.5
         for attempt in range(6):
@@ -44,23 +45,47 @@ class PrefectApi:
             delay = min(delay * 2, 5.0)
         return r
 
+    def json(self, method: str, path: str, **kw: object) -> Any:
+        """`request`, raising on any status >= 300 (after the 503 retries), and the body as JSON."""
+        r = self.request(method, path, **kw)
+        if r.status_code >= 300:
+            raise ServiceError(f"Prefect API {method} {path}: HTTP {r.status_code} {r.text[:300]}",
+                               "see the Prefect server's log (`llmops stack logs prefect`)")
+        return r.json() if r.content else None
+
+    def deployment_id(self, flow_name: str, deployment: str) -> str:
+        r = self.request("GET", f"/deployments/name/{flow_name}/{deployment}")
+        if r.status_code == 404:
+            raise ServiceError(f"deployment {flow_name}/{deployment} not found on {self.api_url}",
+                               "`llmops stack up` registers the deployments of prefect.yaml")
+        r.raise_for_status()
+        return str(r.json()["id"])
+
+    def set_paused(self, flow_name: str, deployment: str, paused: bool) -> None:
+        """Pause or resume a deployment's schedules and triggers (the Prefect UI's pause toggle)."""
+        dep = self.deployment_id(flow_name, deployment)
+        self.json("POST", f"/deployments/{dep}/{'pause' if paused else 'resume'}_deployment")
+
+    def flow_runs(self, body: dict[str, object]) -> list[dict[str, object]]:
+        """`POST /flow_runs/filter` with `body` (Prefect's filter schema)."""
+        return list(self.json("POST", "/flow_runs/filter", json=body))
+
+    def events(self, body: dict[str, object]) -> list[dict[str, object]]:
+        """`POST /events/filter` with `body`; the first page of events."""
+        return list(self.json("POST", "/events/filter", json=body).get("events", []))
+
     def run_link(self, flow_run_id: str) -> str:
         return f"{self.ui_url}/runs/flow-run/{flow_run_id}"
 
     def run_deployment(self, flow_name: str, deployment: str, parameters: dict[str, object] | None = None) -> str:
         """Create a flow run of `flow_name/deployment`; returns its id."""
-        r = self._request("GET", f"/deployments/name/{flow_name}/{deployment}")
-        if r.status_code == 404:
-            raise ServiceError(f"deployment {flow_name}/{deployment} not found on {self.api_url}",
-                               "`llmops stack up` registers the deployments of prefect.yaml")
-        r.raise_for_status()
-        dep_id = r.json()["id"]
-        r = self._request("POST", f"/deployments/{dep_id}/create_flow_run", json={"parameters": parameters or {}})
+        dep_id = self.deployment_id(flow_name, deployment)
+        r = self.request("POST", f"/deployments/{dep_id}/create_flow_run", json={"parameters": parameters or {}})
         r.raise_for_status()
         return str(r.json()["id"])
 
     def state(self, flow_run_id: str) -> FlowRunState:
-        r = self._request("GET", f"/flow_runs/{flow_run_id}")
+        r = self.request("GET", f"/flow_runs/{flow_run_id}")
         r.raise_for_status()
         d = r.json()
         st = d.get("state") or {}

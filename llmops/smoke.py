@@ -249,6 +249,7 @@ def run_regression(ep: Endpoints, say: Say = print, asked: int = 16, unseen: int
         answer, rid, _ = answer_with_id(ep, q)
         send_feedback(ep, rid, "bad", REPAIR_NEW_ANSWER)
     say(f"  {len(questions)} users got the old answer from v{before} and sent a bad verdict with the correction")
+    api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
     t0 = time.monotonic()
     fired_at: float | None = None
     ratio_fired: float | None = None
@@ -258,16 +259,13 @@ def run_regression(ep: Endpoints, say: Say = print, asked: int = 16, unseen: int
             fired_at = time.monotonic()
             ratio_fired = prom_query(ep, "llmops:pool_bad_feedback_ratio")
             say(f"  t=+{fired_at - t0:.0f}s RegressionDetected firing (bad ratio {ratio_fired})")
-        r = httpx.post(f"{ep.prefect_api_url}/flow_runs/filter", timeout=10, json={
-            "flows": {"name": {"any_": ["repair"]}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 50})
-        r.raise_for_status()
-        runs = [x for x in r.json() if datetime.fromisoformat(x["created"]) >= t_created]
+        runs = [x for x in api.flow_runs({"flows": {"name": {"any_": ["repair"]}}, "sort": "EXPECTED_START_TIME_ASC",
+                                          "limit": 50}) if datetime.fromisoformat(str(x["created"])) >= t_created]
         run = runs[0] if runs else None
         time.sleep(1)
     if run is None:
         raise LlmopsError(f"no repair flow run within {trigger_timeout_s:.0f} s of the feedback",
                           "check the RegressionDetected rule in Prometheus and the receiver's log")
-    api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
     say(f"  t=+{time.monotonic() - t0:.0f}s repair flow run: {api.run_link(str(run['id']))}")
     # users keep asking while the repair runs: once the fix is registered as challenger its canary needs traffic
     # to be judged (without any it fails safe), so steady load starts then and stops when the repair run ends

@@ -30,13 +30,15 @@ from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from infra.stack.services import endpoints_for
 from llmops.alerts import alert_events
 from llmops.data.serving_log import FeedbackCall, ServingLog, feedback_record
 from llmops.endpoints import Endpoints
-from llmops.errors import LlmopsError
+from llmops.errors import LlmopsError, ServiceError
 from llmops.pool.state import PoolStore
+from llmops.prefect_api import PrefectApi
 from llmops.stackconfig import StackConfig, load_effective_config
 from llmops.tenants import resolve_secret
 from llmops.webhooks import FeedbackHook, NonceStore, WebhookRejected, hook_event, verify
@@ -98,7 +100,7 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
     hooks_in = Counter("llmops_receiver_hooks", "Signed webhook calls by outcome", ["tenant", "hook", "status"],
                        registry=reg)
     store = PoolStore(cfg.state_dir / "pool" / "pool.json")
-    http = httpx.Client(timeout=10)
+    prefect = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
     nonces = NonceStore(cfg.state_dir / "receiver" / "nonces.sqlite")
     served_log = ServingLog(cfg.state_dir / "serving-log")
     block_loader = load_block if load_block is not None else prefect_secret_block(ep.prefect_api_url)
@@ -133,9 +135,9 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
         if post_events is not None:
             post_events(events)
             return
-        try:
-            r = http.post(f"{ep.prefect_api_url}/events", json=events)
-        except httpx.HTTPError as err:
+        try:  # Prefect's 503 ("SQLite busy, retry") is retried with backoff, as Prefect's own client does
+            r = prefect.request("POST", "/events", json=events)
+        except (httpx.HTTPError, ServiceError) as err:
             raise HTTPException(502, f"Prefect server unreachable: {err}") from None
         if r.status_code >= 300:
             raise HTTPException(502, f"Prefect refused the events: HTTP {r.status_code} {r.text[:200]}")
@@ -161,7 +163,7 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
             raise HTTPException(422, f"not an Alertmanager webhook payload (version 4): {err}") from None
         except LlmopsError as err:
             raise HTTPException(422, f"{err.problem}; fix: {err.fix}") from None
-        send(events)
+        await run_in_threadpool(send, events)  # may wait out Prefect's 503 retries: never on the event loop
         for e in events:
             alerts_in.labels(e["payload"]["alert"], e["payload"]["status"]).inc()
             events_out.labels(e["event"]).inc()
@@ -192,7 +194,8 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
                 break
         settings = cfg.tenants.get(tenant)
         try:
-            secret = resolve_secret(tenant, settings, cfg.state_dir, block_loader) if settings else None
+            secret = (await run_in_threadpool(resolve_secret, tenant, settings, cfg.state_dir, block_loader)
+                      if settings else None)
             v = verify(tenant, hook, request.headers, body, secret,
                        frozenset(settings.hooks) if settings else frozenset(), nonces, max_body=MAX_HOOK_BODY)
         except WebhookRejected as err:
@@ -201,7 +204,8 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
         event = hook_event(v, datetime.now(UTC).isoformat(), str(uuid.uuid4()))
         if isinstance(v.body, FeedbackHook):  # a batch of verdicts: stored like POST /v1/feedback, all or none
             try:
-                stored = store_feedback([FeedbackCall.model_validate(i.model_dump()) for i in v.body.items])
+                stored = await run_in_threadpool(
+                    store_feedback, [FeedbackCall.model_validate(i.model_dump()) for i in v.body.items])
             except HTTPException as err:  # 404 (unknown request ids) or 502 (S3 down)
                 nonces.release(v.tenant, v.delivery_id)
                 hooks_in.labels(tenant, hook, str(err.status_code)).inc()
@@ -209,7 +213,7 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
             event["payload"] = {k: val for k, val in event["payload"].items() if k != "items"}
             event["payload"]["stored"] = len(stored)
         try:
-            send([event])
+            await run_in_threadpool(send, [event])
         except HTTPException:
             nonces.release(v.tenant, v.delivery_id)  # not delivered: the sender's retry must not be a "replay"
             hooks_in.labels(tenant, hook, "502").inc()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from llmops.data.prepare import parse_feedback_lines
+from llmops.prefect_api import PrefectApi
 from llmops.smoke import answer_with_id, send_feedback, wait_metric
 from llmops.tenants import secret_file
 from llmops.webhooks import signed_headers
@@ -21,11 +22,9 @@ pytestmark = pytest.mark.integration
 
 
 def events_named(stack: Any, name: str, since: datetime) -> list[dict[str, Any]]:
-    r = httpx.post(f"{stack.ep.prefect_api_url}/events/filter", timeout=10, json={"filter": {
-        "event": {"name": [name]}, "occurred": {"since": since.isoformat(),
-                                                "until": (datetime.now(UTC) + timedelta(minutes=1)).isoformat()}}})
-    r.raise_for_status()
-    return list(r.json().get("events", []))
+    api = PrefectApi(stack.ep.prefect_api_url, stack.ep.prefect_ui_url)
+    return api.events({"filter": {"event": {"name": [name]}, "occurred": {
+        "since": since.isoformat(), "until": (datetime.now(UTC) + timedelta(minutes=1)).isoformat()}}})
 
 
 def test_a_verdict_on_a_served_answer_reaches_the_feedback_log_and_prometheus(stack: Any) -> None:

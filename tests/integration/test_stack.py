@@ -12,6 +12,7 @@ import pytest
 from llmops import proc
 from llmops.errors import ServiceError
 from llmops.hashing import dir_sha256
+from llmops.prefect_api import PrefectApi
 from llmops.registry import MlflowRegistry
 from llmops.smoke import chat, run_smoke, wait_metric
 
@@ -30,7 +31,7 @@ def test_every_service_answers(stack) -> None:
     assert {"mlflow", "llmops"} <= buckets
     assert httpx.get(f"{ep.mlflow_url}/health").text.strip() == "OK"
     assert httpx.get(f"{ep.prefect_api_url}/health").json() is True
-    deployments = httpx.post(f"{ep.prefect_api_url}/deployments/filter", json={}).json()
+    deployments = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url).json("POST", "/deployments/filter", json={})
     assert {"smoke", "train-pipeline", "rollout", "scale", "reconcile"} <= {d["name"] for d in deployments}
     targets = httpx.get(f"{ep.prometheus_url}/api/v1/targets").json()["data"]["activeTargets"]
     jobs = {t["labels"]["job"]: t["health"] for t in targets}
