@@ -100,7 +100,11 @@ def one_arm(name: str, policy: dict[str, Any], arrivals: list[Any], slo_s: float
     try:
         ep = stack.ep
         api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
-        st = api.wait(api.run_deployment("reconcile", "reconcile"), 300)  # standby started, if any
+        for _ in range(10):  # standby started, if any; a run that met the scheduled one is cancelled (CANCEL_NEW)
+            st = api.wait(api.run_deployment("reconcile", "reconcile"), 300)
+            if st.state != "CANCELLED":
+                break
+            time.sleep(3)
         if st.state != "COMPLETED":
             raise SystemExit(f"{name}: the first reconcile ended {st.state}; see the stack logs")
         store = PoolStore(stack.cfg.state_dir / "pool" / "pool.json")
