@@ -210,8 +210,7 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
         event = hook_event(v, datetime.now(UTC).isoformat(), str(uuid.uuid4()))
         if isinstance(v.body, FeedbackHook):  # a batch of verdicts: stored like POST /v1/feedback, all or none
             try:
-                stored = await run_in_threadpool(
-                    store_feedback, [FeedbackCall.model_validate(i.model_dump()) for i in v.body.items])
+                stored = await run_in_threadpool(store_feedback, list(v.body.items))
             except HTTPException as err:  # 404 (unknown request ids) or 502 (S3 down)
                 nonces.release(v.tenant, v.delivery_id)
                 hooks_in.labels(tenant, hook, str(err.status_code)).inc()
