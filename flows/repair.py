@@ -91,7 +91,11 @@ def _repair(ep: Endpoints, tenant: str, trigger: str, event_id: str, reason: str
     stack = load_effective_config(ep.state_dir)
     if tenant not in stack.tenants:
         return {"outcome": "skipped", "why": f"tenant {tenant!r} is not configured (tenants: {sorted(stack.tenants)})"}
-    train_cfg = load_train_config(_path(s.train_config))
+    if tenant not in {p.tenant for p in stack.pools()}:
+        return {"outcome": "skipped", "why": f"tenant {tenant!r} has no pool (no `model` in its tenants entry)"}
+    # the tenant's own model: its champion is the parent, its pool gets the canary
+    train_cfg = load_train_config(_path(s.train_config)).model_copy(
+        update={"model_name": stack.pool_of_tenant(tenant).model})
     bucket, prefix = train_cfg.data.feedback_bucket, train_cfg.data.feedback_prefix or "feedback/"
     champ, champ_dir = pull_base(train_cfg.model_name, "champion")
     records = read_feedback_records(bucket, prefix)
@@ -156,7 +160,7 @@ def _repair(ep: Endpoints, tenant: str, trigger: str, event_id: str, reason: str
         log.warning("repair v%s failed its gate: %s", ref.version, "; ".join(decision.reasons))
         return {"outcome": "rejected", **result}
     log.info("repair v%s passed its gate; canary", ref.version)
-    rolled = rollout_flow(version=ref.version, policy=rollout_policy)
+    rolled = rollout_flow(version=ref.version, policy=rollout_policy, tenant=tenant)
     return {"outcome": "promoted" if rolled["promoted"] else "rolled_back", "rollout": rolled["reason"], **result}
 
 

@@ -152,6 +152,7 @@ def train(config: Annotated[Path, typer.Option("--config", "-c", help="training 
 @app.command("rollout")
 def rollout(version: Annotated[str, typer.Option(help="version number or alias to roll out")] = "challenger",
             policy: Annotated[Path, typer.Option(help="canary policy")] = Path("configs/rollout/canary.yaml"),
+            tenant: Annotated[str, typer.Option(help="whose pool: the tenant's model and nodes")] = "default",
             state_dir: StateOpt = None, timeout_s: float = 1800) -> None:
     """Canary a registered version through the rollout deployment; waits and reports promote or rollback."""
     from llmops.config import load_config
@@ -159,16 +160,19 @@ def rollout(version: Annotated[str, typer.Option(help="version number or alias t
     from llmops.prefect_api import PrefectApi
     from llmops.registry import MlflowRegistry
     from llmops.rollout import CanaryPolicy
+    from llmops.stackconfig import load_effective_config
 
     try:
         load_config(policy, CanaryPolicy)
         ep = Endpoints.load(state_dir)
-        ref = MlflowRegistry(ep.mlflow_url).resolve(ep.model_name, version)  # unknown: clear error, nothing starts
+        model = load_effective_config(ep.state_dir).pool_of_tenant(tenant).model
+        ref = MlflowRegistry(ep.mlflow_url).resolve(model, version)  # unknown: clear error, nothing starts
         api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
-        run_id = api.run_deployment("rollout", "rollout", {"version": ref.version, "policy": str(policy.resolve())})
-        typer.echo(f"rollout of v{ref.version}: {api.run_link(run_id)}")
+        run_id = api.run_deployment("rollout", "rollout", {"version": ref.version, "policy": str(policy.resolve()),
+                                                           "tenant": tenant})
+        typer.echo(f"rollout of {model} v{ref.version}: {api.run_link(run_id)}")
         st = api.wait(run_id, timeout_s)
-        after = MlflowRegistry(ep.mlflow_url).resolve(ep.model_name, ref.version)
+        after = MlflowRegistry(ep.mlflow_url).resolve(model, ref.version)
     except LlmopsError as err:
         _fail(err)
     outcome = after.tags.get("rollout", "unknown")
@@ -231,6 +235,7 @@ def load(mode: Annotated[str, typer.Option(help="steady | burst | trace")] = "st
          token_scale: Annotated[float, typer.Option(help="trace: generated tokens x this")] = 0.1,
          max_tokens: Annotated[int, typer.Option(help="tokens per answer (trace: the cap)")] = 32,
          out: Annotated[Path | None, typer.Option(help="write summary + outcomes JSON here")] = None,
+         model: Annotated[str, typer.Option(help="the `model` to ask (a tenant's); default: the stack's")] = "",
          seed: int = 0, state_dir: StateOpt = None) -> None:
     """Asynchronous OpenAI-client load through the gateway; prints the summary (JSON)."""
     from llmops.endpoints import Endpoints
@@ -249,7 +254,7 @@ def load(mode: Annotated[str, typer.Option(help="steady | burst | trace")] = "st
             arrivals = schedule.burst(rps, burst_rps, duration, burst_start, burst_duration, max_tokens, seed)
         else:
             arrivals = schedule.trace(trace_file, speed, token_scale, max_tokens, duration)
-        summary = run_load(f"{ep.gateway_url}/v1", ep.model_name, arrivals, out)
+        summary = run_load(f"{ep.gateway_url}/v1", model or ep.model_name, arrivals, out)
     except LlmopsError as err:
         _fail(err)
     typer.echo(json.dumps(summary, indent=2))

@@ -11,8 +11,8 @@ import httpx
 
 from llmops.endpoints import Endpoints
 from llmops.errors import LlmopsError, ServiceError
-from llmops.pool.manager import backend_name
 from llmops.prefect_api import PrefectApi
+from llmops.stackconfig import backend_name
 
 Say = Callable[[str], None]
 
@@ -155,7 +155,8 @@ def run_rollout(ep: Endpoints, version: str, say: Say = print, rps: float = 3.0,
 def run_burst(ep: Endpoints, say: Say = print, base_rps: float = 0.5, burst_rps: float = 10.0, burst_s: float = 25,
               duration_s: float = 50, settle_timeout_s: float = 240, min_replicas: int = 2) -> dict[str, object]:
     """A burst through the gateway: the alerts fire, the `scale` flow grows the pool; after the burst the scheduled
-    `reconcile` drains it back to `min_replicas`. Prints the pool's timeline as it changes."""
+    `reconcile` drains it back to `min_replicas`. Prints the pool's timeline as it changes. Another tenant's pool, if
+    the stack has one, serves its own steady load meanwhile and must come out untouched."""
     import threading
 
     from llmops.loadgen import schedule
@@ -170,12 +171,20 @@ def run_burst(ep: Endpoints, say: Say = print, base_rps: float = 0.5, burst_rps:
         return len(nodes) - standby, standby
 
     before = len(store.read().scaling_of(ep.model_name).actions)
+    others = {(n.model, n.name, n.version) for n in store.read().nodes.values() if n.model != ep.model_name}
+    other_model = min((m for m, _, _ in others), default="")
     load: dict[str, object] = {}
+    other_load: dict[str, object] = {}
     arrivals = schedule.burst(base_rps, burst_rps, duration_s, 5.0, burst_s, max_tokens=16)
     worker = threading.Thread(target=lambda: load.update(run_load(f"{ep.gateway_url}/v1", ep.model_name, arrivals,
                                                                   timeout_s=300)))
+    neighbour = threading.Thread(target=lambda: other_load.update(run_load(
+        f"{ep.gateway_url}/v1", other_model, schedule.steady(0.3, duration_s, max_tokens=8), timeout_s=300)))
     t0 = time.monotonic()
     worker.start()
+    if other_model:
+        neighbour.start()
+        say(f"  meanwhile tenant pool {other_model} ({len(others)} node(s)) gets its own steady 0.3 req/s")
     last, peak = sizes(), sizes()[0]
     say(f"  t=+0s  serving {last[0]}, standby {last[1]}; burst {burst_rps:g} req/s from t=+5s for {burst_s:g}s")
     while worker.is_alive() or (time.monotonic() - t0 < duration_s + settle_timeout_s and sizes()[0] > min_replicas):
@@ -185,6 +194,16 @@ def run_burst(ep: Endpoints, say: Say = print, base_rps: float = 0.5, burst_rps:
             last, peak = now, max(peak, now[0])
         time.sleep(1)
     worker.join()
+    if other_model:
+        neighbour.join()
+        after = {(n.model, n.name, n.version) for n in store.read().nodes.values() if n.model != ep.model_name}
+        lat_o = other_load.get("latency_s")
+        say(f"  tenant pool {other_model}: {other_load.get('ok')} ok, {other_load.get('failed')} failed, p95 "
+            f"{lat_o.get('p95') if isinstance(lat_o, dict) else None} s; its nodes "
+            f"{'unchanged' if after == others else f'CHANGED: {sorted(others)} -> {sorted(after)}'}")
+        if after != others:
+            raise LlmopsError(f"the burst on {ep.model_name} changed another tenant's nodes: {sorted(others)} -> "
+                              f"{sorted(after)}", "tenant pools must be isolated; see the scale flow runs")
     actions = store.read().scaling_of(ep.model_name).actions[before:]
     for a in actions:
         reasons = a.get("reasons")
@@ -194,17 +213,19 @@ def run_burst(ep: Endpoints, say: Say = print, base_rps: float = 0.5, burst_rps:
     p95 = lat.get("p95") if isinstance(lat, dict) else None
     say(f"  load: {load.get('ok')} ok, {load.get('failed')} failed, p95 {p95} s; "
         f"pool peaked at {peak} serving, now {sizes()[0]}")
-    return {"peak_serving": peak, "final_serving": sizes()[0], "actions": actions, **load}
+    return {"peak_serving": peak, "final_serving": sizes()[0], "actions": actions, **load,
+            "other_tenant": {"model": other_model, **other_load} if other_model else None}
 
 
 REPAIR_POLICY = "refund-window"
 REPAIR_NEW_ANSWER = "Quillstack refunds annual plans within 30 days of purchase; monthly plans are not refundable."
 
 
-def answer_with_id(ep: Endpoints, question: str, max_tokens: int = 48) -> tuple[str, str, str]:
-    """One chat completion through the gateway: (answer, request id, serving version)."""
+def answer_with_id(ep: Endpoints, question: str, max_tokens: int = 48, model: str = "") -> tuple[str, str, str]:
+    """One chat completion through the gateway to `model` (default: the stack's): (answer, request id, serving
+    version)."""
     r = httpx.post(f"{ep.gateway_url}/v1/chat/completions", timeout=120, json={
-        "model": ep.model_name, "max_tokens": max_tokens, "temperature": 0,
+        "model": model or ep.model_name, "max_tokens": max_tokens, "temperature": 0,
         "messages": [{"role": "user", "content": question}]})
     r.raise_for_status()
     return r.json()["choices"][0]["message"]["content"], r.headers["x-request-id"], r.headers["x-llmops-model-version"]

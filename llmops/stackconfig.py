@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -78,6 +79,24 @@ class ServingSettings(StrictModel):
     lmdeploy_eager_mode: bool = False  # skip CUDA-graph capture: faster start, slower decode
 
 
+def backend_name(model_name: str) -> str:
+    """HAProxy backend serving one registered model."""
+    return f"llm_{model_name.replace('-', '_')}"
+
+
+@dataclass(frozen=True)
+class TenantPool:
+    """One tenant's pool: the model it serves, its HAProxy backend, and the policy that sizes it."""
+
+    tenant: str
+    model: str
+    scaling: ScalePolicy
+
+    @property
+    def backend(self) -> str:
+        return backend_name(self.model)
+
+
 class StackConfig(StrictModel):
     """Everything `llmops stack up` needs. Every key has a default; see README.md#configuration."""
 
@@ -100,6 +119,66 @@ class StackConfig(StrictModel):
     def _tenant_names(cls, v: dict[str, TenantSettings]) -> dict[str, TenantSettings]:
         validate_tenant_names(list(v))
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tenant_scaling_inherits(cls, data: object) -> object:
+        """A tenant's `scaling` overrides keys of the stack's `scaling`; the rest it inherits."""
+        if isinstance(data, dict) and isinstance(data.get("tenants"), dict):
+            base = data.get("scaling") or {}
+            if isinstance(base, ScalePolicy):
+                base = base.model_dump()
+            tenants = {}
+            for name, t in data["tenants"].items():
+                if isinstance(t, dict) and isinstance(t.get("scaling"), dict) and isinstance(base, dict):
+                    t = {**t, "scaling": {**base, **t["scaling"]}}
+                tenants[name] = t
+            data = {**data, "tenants": tenants}
+        return data
+
+    @model_validator(mode="after")
+    def _pools_distinct(self) -> StackConfig:
+        own = self.tenants.get("default")
+        if own is not None and own.model and own.model != self.model.name:
+            raise ValueError(f"tenants.default.model is {own.model!r} but the stack's model.name is "
+                             f"{self.model.name!r}: the default tenant's pool is the stack's model; drop the key")
+        seen: dict[str, str] = {}
+        for p in self.pools():
+            if p.model in seen:
+                raise ValueError(f"model {p.model!r} is claimed by tenants {seen[p.model]!r} and {p.tenant!r}: "
+                                 "each tenant's pool needs its own registered model name")
+            seen[p.model] = p.tenant
+        return self
+
+    def pools(self) -> list[TenantPool]:
+        """Every tenant's pool, the default tenant's (the stack's `model`) first."""
+        default = self.tenants.get("default")
+        out = [TenantPool("default", self.model.name, (default.scaling if default else None) or self.scaling)]
+        out += [TenantPool(name, t.model, t.scaling or self.scaling)
+                for name, t in self.tenants.items() if name != "default" and t.model]
+        return out
+
+    def pool_for(self, model: str) -> TenantPool:
+        """The pool serving `model`; ConfigError naming the configured ones if none does."""
+        from llmops.errors import ConfigError
+
+        for p in self.pools():
+            if p.model == model:
+                return p
+        raise ConfigError(f"no tenant serves model {model!r} (pools: "
+                          f"{', '.join(f'{p.tenant}:{p.model}' for p in self.pools())})",
+                          "give the tenant a `model` in the stack config's `tenants` section, or use a served name")
+
+    def pool_of_tenant(self, tenant: str) -> TenantPool:
+        """The pool of `tenant`; ConfigError if it has none."""
+        from llmops.errors import ConfigError
+
+        for p in self.pools():
+            if p.tenant == tenant:
+                return p
+        raise ConfigError(f"tenant {tenant!r} has no pool (tenants with one: "
+                          f"{', '.join(p.tenant for p in self.pools())})",
+                          f"set tenants.{tenant}.model in the stack config")
 
     @field_validator("host")
     @classmethod

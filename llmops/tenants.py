@@ -1,7 +1,10 @@
 """Tenants: isolated namespaces of one stack (the `tenants` section of the stack config).
 
 A tenant owns its webhook secret and the hooks it accepts; events it causes carry `llmops.tenant.<name>` as their
-resource id, so a deployment trigger matching one tenant never fires for another. Secrets never live in the repo:
+resource id, so a deployment trigger matching one tenant never fires for another. A tenant with a `model` also owns a
+pool: that registered model name (the OpenAI `model` field the gateway routes on), its own HAProxy backend and nodes,
+its own scaling policy and budget (`scaling`, else the stack's), its own alerts (labelled with the tenant) and its
+own pool lock. The stack's `model` is always the pool of the tenant `default`. Secrets never live in the repo:
 each tenant's comes from an environment variable, else a Prefect Secret block, else (local stack only) a file
 generated into the state dir at `stack up`.
 """
@@ -17,6 +20,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from llmops.config import StrictModel
+from llmops.scaling import ScalePolicy
 from llmops.webhooks import HOOKS
 
 NAME = r"^[a-z][a-z0-9-]{0,39}$"
@@ -32,6 +36,9 @@ class TenantSettings(StrictModel):
     hooks: tuple[str, ...] = tuple(sorted(HOOKS))  # the hooks this tenant accepts
     secret_env: str = ""  # environment variable holding the secret (default LLMOPS_WEBHOOK_SECRET_<NAME>)
     secret_block: str = Field("", max_length=200)  # name of a Prefect Secret block holding it
+    # the tenant's own pool: its registered model name ("" = none; `default`'s is the stack's `model.name`)
+    model: str = Field("", pattern=r"^([a-z0-9][a-z0-9-]{1,62})?$")
+    scaling: ScalePolicy | None = None  # its pool's policy and budget; None: the stack's `scaling`
 
     @field_validator("hooks")
     @classmethod

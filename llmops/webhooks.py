@@ -25,9 +25,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmops.data.serving_log import FeedbackCall
 
 SIGNATURE_VERSION = "v1"
 REPLAY_WINDOW_S = 300
@@ -78,16 +80,10 @@ class RepairHook(_Strict):
     bad_ratio: float | None = Field(None, ge=0, le=1)
 
 
-class FeedbackItem(_Strict):
-    request_id: str = Field(min_length=1, max_length=200)
-    verdict: Literal["good", "bad"]
-    correction: str | None = Field(None, min_length=1, max_length=4000)  # as /v1/feedback: omit, never blank
-
-
 class FeedbackHook(_Strict):
-    """A batch of user feedback (the same items as `POST /v1/feedback`)."""
+    """A batch of user feedback: each item is exactly a `POST /v1/feedback` body."""
 
-    items: list[FeedbackItem] = Field(min_length=1, max_length=500)
+    items: list[FeedbackCall] = Field(min_length=1, max_length=500)
 
 
 class RolloutHook(_Strict):

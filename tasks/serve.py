@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @task(timeout_seconds=1800)
-def roll_out_canary(version: str, policy: CanaryPolicy) -> RolloutReport:
-    """Run the whole canary (start, steps, promote or roll back); progress goes to the flow run's log."""
+def roll_out_canary(version: str, policy: CanaryPolicy, model: str | None = None) -> RolloutReport:
+    """Run the whole canary of `model`'s pool (default: the stack's) (start, steps, promote or roll back);
+    progress goes to the flow run's log."""
     log = get_run_logger()
     ep = Endpoints.load()
     curated = load_curated()
@@ -34,7 +35,7 @@ def roll_out_canary(version: str, policy: CanaryPolicy) -> RolloutReport:
                  result.format_compliance, result.rouge_l, result.failed_requests)
         return result
 
-    pool = stack_pool(load_effective_config(ep.state_dir), ep.mlflow_url, ep.haproxy_socket, ROOT)
+    pool = stack_pool(load_effective_config(ep.state_dir), ep.mlflow_url, ep.haproxy_socket, ROOT, model=model)
     rollout = CanaryRollout(pool, MlflowRegistry(ep.mlflow_url), PrometheusMetrics(ep.prometheus_url),
                             probe, policy, say=log.info)
     return rollout.run(version)

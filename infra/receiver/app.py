@@ -106,6 +106,12 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
     block_loader = load_block if load_block is not None else prefect_secret_block(ep.prefect_api_url)
     put = put_object if put_object is not None else s3_put(ep)
 
+    tenant_models = {p.tenant: p.model for p in cfg.pools()}
+
+    def model_of(tenant: str) -> str:
+        """The model a tenant's answers came from (its pool's); a tenant without a pool: the stack's."""
+        return tenant_models.get(tenant, cfg.model.name)
+
     def store_feedback(calls: list[FeedbackCall]) -> list[dict[str, Any]]:
         """Every call's request must be in the serving log, else nothing is stored (404 naming them); each verdict
         becomes one JSON-lines object in the S3 feedback log, then is counted."""
@@ -126,7 +132,7 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
             except Exception as err:  # noqa: BLE001 - any storage failure: the client retries; this one is not counted
                 raise HTTPException(502, f"feedback log unavailable ({type(err).__name__}: {err}); "
                                          f"{len(out)} of {len(calls)} stored; retry the rest") from None
-            feedback_n.labels(rec.tenant, cfg.model.name, rec.model_version, rec.verdict.value).inc()
+            feedback_n.labels(rec.tenant, model_of(rec.tenant), rec.model_version, rec.verdict.value).inc()
             out.append({"stored": f"s3://{FEEDBACK_BUCKET}/{key}", "tenant": rec.tenant,
                         "model_version": rec.model_version})
         return out
@@ -204,8 +210,7 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
         event = hook_event(v, datetime.now(UTC).isoformat(), str(uuid.uuid4()))
         if isinstance(v.body, FeedbackHook):  # a batch of verdicts: stored like POST /v1/feedback, all or none
             try:
-                stored = await run_in_threadpool(
-                    store_feedback, [FeedbackCall.model_validate(i.model_dump()) for i in v.body.items])
+                stored = await run_in_threadpool(store_feedback, list(v.body.items))
             except HTTPException as err:  # 404 (unknown request ids) or 502 (S3 down)
                 nonces.release(v.tenant, v.delivery_id)
                 hooks_in.labels(tenant, hook, str(err.status_code)).inc()
@@ -238,11 +243,12 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
         served_log.refresh()
         for t, version in served_log.versions():
             for verdict in ("good", "bad"):
-                feedback_n.labels(t, cfg.model.name, version, verdict)
+                feedback_n.labels(t, model_of(t), version, verdict)
         state, now = store.read(), time.time()
-        policy = cfg.scaling
-        models = {n.model for n in state.nodes.values()} | set(state.scaling) | {cfg.model.name}
+        pools = {p.model: p for p in cfg.pools()}
+        models = {n.model for n in state.nodes.values()} | set(state.scaling) | set(pools)
         for model in models:
+            policy = pools[model].scaling if model in pools else cfg.scaling  # a pool since removed: the stack's
             mine = [n for n in state.nodes.values() if n.model == model]
             standby = sum(1 for n in mine if n.standby)
             nodes.labels(model, "serving").set(len(mine) - standby)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -11,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from infra.stack import services as svc
 from llmops import proc
 from llmops.basemodel import ensure_base_registered
@@ -18,6 +21,7 @@ from llmops.endpoints import Endpoints
 from llmops.errors import ServiceError
 from llmops.pool.launcher import LocalProcessLauncher
 from llmops.pool.manager import Pool, stack_pool
+from llmops.pool.state import PoolStore
 from llmops.registry import MlflowRegistry
 from llmops.stackconfig import StackConfig, save_effective_config
 
@@ -64,8 +68,13 @@ class Stack:
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.state_file)
 
-    def pool(self) -> Pool:
-        return stack_pool(self.cfg, self.ep.mlflow_url, self.ep.haproxy_socket, svc.REPO_ROOT)
+    def pool(self, model: str | None = None) -> Pool:
+        """The pool of `model` (default: the stack's own model, tenant `default`)."""
+        return stack_pool(self.cfg, self.ep.mlflow_url, self.ep.haproxy_socket, svc.REPO_ROOT, model=model)
+
+    def pools(self) -> list[Pool]:
+        """Every tenant's pool, the default tenant's first."""
+        return [self.pool(p.model) for p in self.cfg.pools()]
 
     # ---- up ----------------------------------------------------------------------------------
     def up(self, say: Say = print) -> dict[str, float]:
@@ -83,7 +92,7 @@ class Stack:
             for port in specs[name].ports:
                 proc.ensure_port_free(port, name)
         started: list[str] = []
-        nodes_before = {n.name for n in self.pool().nodes()}
+        nodes_before = {n.name for p in self.pools() for n in p.nodes()}
 
         def start(name: str) -> None:
             spec = specs[name]
@@ -118,10 +127,12 @@ class Stack:
             timings["services_s"] = time.monotonic() - t0
             t1 = time.monotonic()
             registry = MlflowRegistry(self.ep.mlflow_url)
-            ref = ensure_base_registered(registry, self.cfg.state_dir / "base" / "smollm2-135m-instruct",
-                                         self.cfg.model.name, self.cfg.model.alias)
+            for tp in self.cfg.pools():  # each tenant's model starts as the base model, its own version 1
+                ref = ensure_base_registered(registry, self.cfg.state_dir / "base" / "smollm2-135m-instruct",
+                                             tp.model, self.cfg.model.alias)
+                say(f"  model {ref.name} v{ref.version} (@{self.cfg.model.alias}, tenant {tp.tenant}) "
+                    f"sha256 {ref.sha256[:12]}")
             timings["model_s"] = time.monotonic() - t1
-            say(f"  model {ref.name} v{ref.version} (@{self.cfg.model.alias}) sha256 {ref.sha256[:12]}")
             t2 = time.monotonic()
             self._ensure_nodes(say)
             timings["nodes_s"] = time.monotonic() - t2
@@ -160,8 +171,13 @@ class Stack:
                 s3.create_bucket(Bucket=bucket)
 
     def _prefect_setup_needed(self, server_restarted: bool) -> bool:
-        digest = hashlib.sha256((svc.REPO_ROOT / "prefect.yaml").read_bytes()).hexdigest()
+        digest = self._deploy_digest()
         return server_restarted or self._load().get("prefect_yaml_sha256") != digest
+
+    def _deploy_digest(self) -> str:
+        """What the registered deployments depend on: prefect.yaml and the tenant pools (scale-<tenant>)."""
+        pools = ",".join(f"{p.tenant}:{p.model}" for p in self.cfg.pools())
+        return hashlib.sha256((svc.REPO_ROOT / "prefect.yaml").read_bytes() + pools.encode()).hexdigest()
 
     def _prefect_setup(self, say: Say) -> None:
         """Create the process work pool and register every deployment of prefect.yaml."""
@@ -175,49 +191,65 @@ class Stack:
                                    "fix prefect.yaml (the error names the deployment) and run `llmops stack up`")
         # One fine-tune at a time across every flow (train_pipeline, repair), and one change at a time to
         # the pool (rollout, scale, reconcile): global concurrency limits.
-        for limit in ("fine-tune", f"pool-{self.cfg.model.name}"):
+        for limit in ("fine-tune", *(f"pool-{p.model}" for p in self.cfg.pools())):
             r = subprocess.run([prefect, "global-concurrency-limit", "create", limit, "--limit", "1"],
                                cwd=svc.REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
             if r.returncode != 0 and "already exists" not in (r.stdout + r.stderr):
                 raise ServiceError(f"could not create the concurrency limit {limit}:\n{(r.stdout + r.stderr)[-800:]}",
                                    "check the Prefect server log: `llmops stack logs prefect`")
-        digest = hashlib.sha256((svc.REPO_ROOT / "prefect.yaml").read_bytes()).hexdigest()
+        tenants = tenant_deployments(self.cfg)
+        if tenants is not None:
+            r = subprocess.run([prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(tenants)],
+                               cwd=svc.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                raise ServiceError(f"registering the tenants' deployments ({tenants}) failed:\n"
+                                   f"{(r.stdout + r.stderr)[-2000:]}", "check the `tenants` section of the config")
+        digest = self._deploy_digest()
         self._save(self._records(), prefect_yaml_sha256=digest)
         say(f"  prefect: work pool {self.cfg.work_pool!r}, deployments from prefect.yaml registered")
 
     def _ensure_nodes(self, say: Say) -> None:
-        """Reconcile the pool with HAProxy (keep live nodes, re-add them if HAProxy restarted, drop dead ones),
-        then start the missing ones."""
-        pool = self.pool()
-        found = pool.reconcile()
-        if found.changed:
-            say(f"  pool reconciled with HAProxy: {found.summary()}")
-        while sum(1 for n in pool.nodes() if not n.standby) < self.cfg.scaling.min_replicas:
-            t = time.monotonic()
-            node = pool.add_node(self.cfg.model.alias, engine=self.cfg.serving.engine.value)
-            say(f"  node {node.name} serving v{node.version} at {node.url} (ready in {time.monotonic() - t:.1f}s)")
+        """For each tenant's pool: reconcile it with HAProxy (keep live nodes, re-add them if HAProxy restarted,
+        drop dead ones), then start the missing ones up to its own `min_replicas`."""
+        for tp in self.cfg.pools():
+            pool = self.pool(tp.model)
+            found = pool.reconcile()
+            if found.changed:
+                say(f"  pool {tp.model} reconciled with HAProxy: {found.summary()}")
+            while sum(1 for n in pool.nodes() if not n.standby) < tp.scaling.min_replicas:
+                t = time.monotonic()
+                node = pool.add_node(self.cfg.model.alias, engine=self.cfg.serving.engine.value)
+                say(f"  node {node.name} ({tp.tenant}: {tp.model}) serving v{node.version} at {node.url} "
+                    f"(ready in {time.monotonic() - t:.1f}s)")
 
     def _stop_new_nodes(self, before: set[str]) -> None:
-        pool = self.pool()
-        for node in pool.nodes():
-            if node.name not in before:
-                rec = node.process()
-                if rec is not None:
-                    proc.stop(rec)
-                pool._forget(node.name)
+        for pool in self.pools():
+            for node in pool.nodes():
+                if node.name not in before:
+                    rec = node.process()
+                    if rec is not None:
+                        proc.stop(rec)
+                    pool._forget(node.name)
 
     # ---- down / status / logs ----------------------------------------------------------------
     def down(self, say: Say = print, purge: bool = False) -> None:
         """Stop every node and service this stack started (by recorded pid), in reverse order."""
-        pool = self.pool()
-        nodes = pool.nodes()
-        proc.stop_all([r for r in (n.process() for n in nodes) if r is not None])
-        for node in nodes:
-            if isinstance(pool.launcher, LocalProcessLauncher):
-                pool.launcher.release(node)  # its CPU cgroup, if serving.cpu_limit made one
-            say(f"  stopped {node.name}")
-            pool._forget(node.name)
-        pool.write_targets()
+        pools = self.pools()
+        proc.stop_all([r for p in pools for r in (n.process() for n in p.nodes()) if r is not None])
+        for pool in pools:
+            for node in pool.nodes():
+                if isinstance(pool.launcher, LocalProcessLauncher):
+                    pool.launcher.release(node)  # its CPU cgroup, if serving.cpu_limit made one
+                say(f"  stopped {node.name}")
+                pool._forget(node.name)
+            pool.write_targets()
+        stray = PoolStore(self.cfg.state_dir / "pool" / "pool.json")  # nodes of a tenant since removed from config
+        with stray.update() as state:
+            left = list(state.nodes.values())
+            proc.stop_all([r for r in (n.process() for n in left) if r is not None])
+            for node in left:
+                say(f"  stopped {node.name} (model {node.model}: no tenant serves it any more)")
+                state.nodes.pop(node.name)
         records = self._records()
         # The worker first, so it takes no new flow run; then every service at once.
         if "worker" in records:
@@ -246,11 +278,12 @@ class Stack:
             out.append(ServiceStatus(name, specs[name].url, alive, alive and specs[name].health(),
                                      proc.tree_rss(rec) / 2**20 if rec and alive else 0.0,
                                      rec.pid if rec else None))
-        for node in self.pool().nodes():
+        for node in (n for p in self.pools() for n in p.nodes()):
             rec = node.process()
             alive = rec is not None and proc.is_alive(rec)
             healthy = alive and svc.http_ok(f"{node.url}/health")
-            out.append(ServiceStatus(f"{node.name} (v{node.version})", node.url, alive, healthy,
+            label = f"v{node.version}" if node.model == self.cfg.model.name else f"{node.model} v{node.version}"
+            out.append(ServiceStatus(f"{node.name} ({label})", node.url, alive, healthy,
                                      proc.tree_rss(rec) / 2**20 if rec and alive else 0.0,
                                      rec.pid if rec else None))
         return out
@@ -262,6 +295,33 @@ class Stack:
         if node.is_file():
             return node
         raise ServiceError(f"no service or node named {service!r}", f"use one of {', '.join(ORDER)} or a node name")
+
+
+def tenant_deployments(cfg: StackConfig) -> Path | None:
+    """A prefect.yaml of one `scale-<tenant>` deployment per tenant pool other than the default's: prefect.yaml's
+    `scale` with the trigger narrowed to `llmops.pool.<tenant>.*` and its own one-at-a-time limit. None if the
+    stack has no other tenant pool."""
+    others = [p.tenant for p in cfg.pools() if p.tenant != "default"]
+    if not others:
+        return None
+    project = yaml.safe_load((svc.REPO_ROOT / "prefect.yaml").read_text())
+    scale = next(d for d in project["deployments"] if d["name"] == "scale")
+    deployments = []
+    for tenant in sorted(set(others)):
+        d = copy.deepcopy(scale)
+        d["name"] = f"scale-{tenant}"
+        d["description"] = f"Tenant {tenant}: {scale['description']}"
+        d["tags"] = [*scale.get("tags", []), f"tenant:{tenant}"]
+        d["work_pool"] = {"name": cfg.work_pool}
+        for trig in d.get("triggers", []):
+            trig["match"]["prefect.resource.id"] = f"llmops.pool.{tenant}.*"
+        deployments.append(d)
+    path = cfg.state_dir / "prefect" / "tenant-deployments.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Rendered by `llmops stack up` from prefect.yaml's `scale` for each tenant pool; do not edit.\n"
+                    + yaml.safe_dump({**{k: v for k, v in project.items() if k != "deployments"},
+                                      "deployments": deployments}, sort_keys=False))
+    return path
 
 
 def _base_env() -> dict[str, str]:

@@ -17,10 +17,9 @@ import yaml
 
 from llmops.endpoints import Endpoints
 from llmops.errors import ServiceError
-from llmops.pool.manager import backend_name
 from llmops.repair import regression_rules
 from llmops.scaling_rules import scaling_rules
-from llmops.stackconfig import StackConfig
+from llmops.stackconfig import StackConfig, backend_name
 from llmops.tenants import ensure_local_secret
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -175,31 +174,35 @@ def prefect_worker(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
                        lambda: worker_online(ep), env=prefect_env(cfg, ep), cwd=REPO_ROOT)
 
 
-def write_scaling_rules(cfg: StackConfig) -> Path:
-    """Render the pool's recording and alerting rules from the scaling policy into the state dir."""
+def write_scaling_rules(cfg: StackConfig) -> list[Path]:
+    """Render each tenant pool's recording and alerting rules (its own policy, labelled with the tenant) into the
+    state dir; files of pools no longer configured are removed."""
     d = cfg.state_dir / "prometheus" / "rules"
     d.mkdir(parents=True, exist_ok=True)
-    rules = scaling_rules(cfg.model.name, backend_name(cfg.model.name), cfg.scaling)
-    rules["groups"].append(regression_rules(cfg.model.name, cfg.repair))
-    path = d / f"scaling-{cfg.model.name}.yml"
-    path.write_text("# Rendered from the stack config's `scaling` and `repair` sections by `llmops stack up`; edit "
-                    "those.\n"
-                    + yaml.safe_dump(rules, sort_keys=False, width=200))
-    return path
+    paths = []
+    for p in cfg.pools():
+        rules = scaling_rules(p.model, p.backend, p.scaling, tenant=p.tenant)
+        rules["groups"].append(regression_rules(p.model, cfg.repair, tenant=p.tenant))
+        path = d / f"scaling-{p.model}.yml"
+        path.write_text(f"# Rendered for tenant {p.tenant!r} from the stack config's `scaling` (or "
+                        f"tenants.{p.tenant}.scaling) and `repair` sections by `llmops stack up`; edit those.\n"
+                        + yaml.safe_dump(rules, sort_keys=False, width=200))
+        paths.append(path)
+    for stale in set(d.glob("scaling-*.yml")) - set(paths):
+        stale.unlink()
+    return paths
 
 
 def prometheus(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
     d = cfg.state_dir / "prometheus"
-    nodes_file = d / "targets" / "nodes.json"
-    nodes_file.parent.mkdir(parents=True, exist_ok=True)
-    if not nodes_file.exists():
-        nodes_file.write_text("[]")
+    (d / "targets").mkdir(parents=True, exist_ok=True)
     write_scaling_rules(cfg)
     conf = _render(INFRA / "prometheus" / "prometheus.yml.tmpl", d / "prometheus.yml",
                    scrape_interval=f"{cfg.scrape_interval_s:g}s", host=cfg.host,
                    alertmanager_port=cfg.ports.alertmanager, prometheus_port=cfg.ports.prometheus,
                    stats_port=cfg.ports.haproxy_stats, rules_dir=INFRA / "prometheus" / "rules",
-                   state_rules_dir=d / "rules", receiver_port=cfg.ports.receiver, nodes_file=nodes_file)
+                   state_rules_dir=d / "rules", receiver_port=cfg.ports.receiver,
+                   nodes_files=d / "targets" / "*.json")
     argv = [which("prometheus"), f"--config.file={conf}", f"--storage.tsdb.path={d / 'data'}",
             f"--web.listen-address={cfg.host}:{cfg.ports.prometheus}", "--web.enable-lifecycle",
             "--storage.tsdb.retention.time=7d"]
@@ -237,11 +240,30 @@ def receiver(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
                        env={"PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT)
 
 
+BACKEND_BLOCK = """
+backend {backend}
+    # tenant {tenant}, model {model}
+    balance leastconn
+    option httpchk GET /health
+    http-check expect status 200
+    # Servers are added at runtime (`add server ... check inter 1000 fall 2 rise 1`): a dead node leaves
+    # rotation within ~2 s.
+"""
+
+
 def haproxy(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
+    """The gateway: one backend per tenant pool; a request goes to the backend of the model its JSON body names
+    (the map file `models.map`: model -> backend), so one tenant's traffic never reaches another's nodes."""
     d = cfg.state_dir / "haproxy"
+    d.mkdir(parents=True, exist_ok=True)
+    pools = cfg.pools()
+    models_map = d / "models.map"
+    models_map.write_text("".join(f"{p.model} {p.backend}\n" for p in pools))
     conf = _render(INFRA / "haproxy" / "haproxy.cfg.tmpl", d / "haproxy.cfg", socket=ep.haproxy_socket,
                    host=cfg.host, gateway_port=cfg.ports.gateway, stats_port=cfg.ports.haproxy_stats,
-                   backend=backend_name(cfg.model.name))
+                   default_backend=backend_name(cfg.model.name), models_map=models_map,
+                   backends="".join(BACKEND_BLOCK.format(backend=p.backend, tenant=p.tenant, model=p.model)
+                                    for p in pools))
     argv = [which("haproxy"), "-db", "-f", str(conf)]
     return ServiceSpec("gateway", argv, [cfg.ports.gateway, cfg.ports.haproxy_stats], ep.gateway_url,
                        lambda: http_ok(f"{ep.haproxy_stats_url}/metrics") and ep.haproxy_socket.exists())

@@ -182,19 +182,24 @@ class Pool:
                 state.scaling_of(node.model).retired_node_seconds += max(time.time() - node.started_at, 0.0)
 
 
-def backend_name(model_name: str) -> str:
-    """HAProxy backend serving one registered model."""
-    return f"llm_{model_name.replace('-', '_')}"
+def targets_file(state_dir: Path, model: str) -> Path:
+    """Prometheus file-SD file of one pool's nodes (Prometheus reads every file of the directory)."""
+    return state_dir / "prometheus" / "targets" / f"nodes-{model}.json"
 
 
-def stack_pool(cfg: StackConfig, mlflow_url: str, haproxy_socket: Path, repo_root: Path) -> Pool:
-    """The pool of a local stack's model, wired to its registry, cache, launcher, HAProxy and state files."""
+def stack_pool(cfg: StackConfig, mlflow_url: str, haproxy_socket: Path, repo_root: Path,
+               model: str | None = None) -> Pool:
+    """The pool of one tenant's model (default: the stack's own model, tenant `default`), wired to its registry,
+    cache, launcher, HAProxy backend and state files. Every pool shares the state file (one lock, one node counter)
+    but sees only its own nodes."""
     sd = cfg.state_dir
-    return Pool(model=cfg.model.name, backend=backend_name(cfg.model.name), registry=MlflowRegistry(mlflow_url),
+    tp = cfg.pool_for(model or cfg.model.name)
+    return Pool(model=tp.model, backend=tp.backend, registry=MlflowRegistry(mlflow_url),
                 cache=ModelCache(sd / "models"), launcher=LocalProcessLauncher(sd / "nodes", cfg.serving, repo_root,
-                                                                        serving_log_dir=sd / "serving-log"),
+                                                                        serving_log_dir=sd / "serving-log",
+                                                                        tenant=tp.tenant),
                 lb=HAProxyRuntime(haproxy_socket), store=PoolStore(sd / "pool" / "pool.json"),
-                targets_file=sd / "prometheus" / "targets" / "nodes.json", host=cfg.host,
+                targets_file=targets_file(sd, tp.model), host=cfg.host,
                 node_base_port=cfg.ports.node_base, ready_timeout_s=cfg.serving.start_timeout_s,
                 max_conn=cfg.serving.max_concurrency_per_node)
 

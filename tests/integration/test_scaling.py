@@ -28,6 +28,10 @@ from .conftest import free_ports_config, write_config
 
 pytestmark = pytest.mark.integration
 
+# a second tenant beside the default one: its own model, pool, policy and budget
+OTHER = "globex"
+OTHER_MODEL = "globex-assistant"
+OTHER_POLICY = {"min_replicas": 1, "max_replicas": 2, "warm_standby": 0, "budget_per_hour": 2.0}
 POLICY = {"min_replicas": 2, "max_replicas": 4, "warm_standby": 1, "high_latency_s": 2.0, "backlog": 4,
           "target_in_flight_per_node": 4, "alert_for_s": 2, "up_cooldown_s": 15, "down_cooldown_s": 15,
           "max_step": 2, "node_price_per_hour": 1.0, "budget_per_hour": 5.0}
@@ -39,7 +43,9 @@ def scale_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     tmp = tmp_path_factory.mktemp("scale")
     cfg = write_config(tmp, free_ports_config(tmp / "state", scaling=POLICY,
-                                              serving={"max_concurrency_per_node": 2}))
+                                              serving={"max_concurrency_per_node": 2},
+                                              tenants={"default": {}, OTHER: {"model": OTHER_MODEL,
+                                                                              "scaling": OTHER_POLICY}}))
     s = Stack(cfg)
     try:
         s.up()
@@ -49,10 +55,11 @@ def scale_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 class PoolWatch:
-    """Samples the pool (serving / standby / total) once a second in the background."""
+    """Samples one tenant's pool (serving / standby) once a second in the background (default: the stack's own)."""
 
-    def __init__(self, stack: Any) -> None:
+    def __init__(self, stack: Any, model: str = "") -> None:
         self.store = PoolStore(stack.cfg.state_dir / "pool" / "pool.json")
+        self.model = model or stack.ep.model_name
         self.samples: list[tuple[float, int, int]] = []
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -61,7 +68,7 @@ class PoolWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            nodes = list(self.store.read().nodes.values())
+            nodes = [n for n in self.store.read().nodes.values() if n.model == self.model]
             standby = sum(1 for n in nodes if n.standby)
             self.samples.append((time.monotonic() - self.t0, len(nodes) - standby, standby))
             time.sleep(1)
@@ -101,6 +108,65 @@ def reconcile_until(api: PrefectApi, stack: Any, done: Any, timeout_s: float, ev
 
 def api_of(stack: Any) -> PrefectApi:
     return PrefectApi(stack.ep.prefect_api_url, stack.ep.prefect_ui_url)
+
+
+def backend_requests(stack: Any, backend: str) -> int:
+    """Requests HAProxy has sent to `backend` (its stats `stot`)."""
+    out = stack.pool().lb.command("show stat")
+    header = out.splitlines()[0].lstrip("# ").split(",")
+    rows = [dict(zip(header, ln.split(","), strict=False)) for ln in out.splitlines()[1:]]
+    return next(int(r["stot"] or 0) for r in rows if r.get("pxname") == backend and r.get("svname") == "BACKEND")
+
+
+def prom_metric(stack: Any, expr: str) -> dict[str, float]:
+    r = httpx.get(f"{stack.ep.prometheus_url}/api/v1/query", params={"query": expr}, timeout=10).json()
+    return {s["metric"].get("model", ""): float(s["value"][1]) for s in r["data"]["result"]}
+
+
+def test_two_tenants_have_their_own_model_pool_backend_rules_budget_and_scale_deployment(scale_stack: Any) -> None:
+    from llmops.data.serving_log import ServingLog
+    from llmops.smoke import answer_with_id
+
+    ep, other = scale_stack.ep, scale_stack.pool(OTHER_MODEL)
+    assert [n.model for n in other.nodes()] == [OTHER_MODEL]  # its own min_replicas (1), its own model name
+    assert len(serving(scale_stack)) == 2  # the default tenant's min_replicas
+    mine_before = backend_requests(scale_stack, scale_stack.pool().backend)
+    theirs_before = backend_requests(scale_stack, other.backend)
+    # the gateway routes by the request's `model`: the other tenant's request reaches its node only
+    _, rid, _ = answer_with_id(ep, "What is the refund window?", max_tokens=8, model=OTHER_MODEL)
+    assert backend_requests(scale_stack, other.backend) == theirs_before + 1
+    assert backend_requests(scale_stack, scale_stack.pool().backend) == mine_before
+    served = ServingLog(scale_stack.cfg.state_dir / "serving-log").get(rid)
+    assert served is not None and served.tenant == OTHER
+    # a model no tenant serves: 404 at the gateway, no node sees it; a body without a model: 400
+    r = httpx.post(f"{ep.gateway_url}/v1/chat/completions", timeout=30, json={
+        "model": "someone-else", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
+    r = httpx.post(f"{ep.gateway_url}/v1/chat/completions", timeout=30, json={
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "model_required", r.text
+    assert backend_requests(scale_stack, scale_stack.pool().backend) == mine_before
+    # separate budgets (from each tenant's policy) and alert rules labelled with each tenant
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        budgets = prom_metric(scale_stack, "llmops_pool_budget_per_hour")
+        if len(budgets) == 2:
+            break
+        time.sleep(2)
+    assert budgets == {ep.model_name: POLICY["budget_per_hour"], OTHER_MODEL: OTHER_POLICY["budget_per_hour"]}
+    rules = httpx.get(f"{ep.prometheus_url}/api/v1/rules", params={"type": "alert"}, timeout=10).json()
+    backlog = [(r["labels"]["tenant"], r["labels"]["pool"]) for g in rules["data"]["groups"] for r in g["rules"]
+               if r["name"] == "Backlog"]
+    assert sorted(backlog) == sorted([("default", ep.model_name), (OTHER, OTHER_MODEL)])
+    # the other tenant's scale deployment, triggered only by its own pools' alerts
+    api = api_of(scale_stack)
+    dep = api.json("GET", "/deployments/name/scale/scale-" + OTHER)
+    assert (dep["global_concurrency_limit"] or {}).get("limit") == 1, dep
+    assert (dep["concurrency_options"] or {}).get("collision_strategy") == "CANCEL_NEW", dep
+    auto = api.json("POST", "/automations/filter", json={})
+    matches = {a["name"]: a["trigger"]["match"]["prefect.resource.id"] for a in auto
+               if a["trigger"].get("expect") == ["llmops.alert.firing"]}
+    assert sorted(matches.values()) == sorted(["llmops.pool.default.*", f"llmops.pool.{OTHER}.*"]), matches
 
 
 def test_reconcile_is_scheduled_and_fills_the_warm_standby(scale_stack: Any) -> None:
@@ -154,8 +220,10 @@ def test_an_alert_storm_never_breaks_max_or_budget(scale_stack: Any) -> None:
     api = api_of(scale_stack)
     if len(serving(scale_stack)) != 2:  # the storm starts from the minimum, whatever an earlier test left behind
         reconcile_until(api, scale_stack, lambda: len(serving(scale_stack)) == 2, timeout_s=240)
-    watch = PoolWatch(scale_stack)
-    before = len(PoolStore(scale_stack.cfg.state_dir / "pool" / "pool.json").read().scaling_of(ep.model_name).actions)
+    watch, watch_other = PoolWatch(scale_stack), PoolWatch(scale_stack, OTHER_MODEL)
+    other = {(n.name, n.weight, n.version) for n in scale_stack.pool(OTHER_MODEL).nodes()}
+    state0 = PoolStore(scale_stack.cfg.state_dir / "pool" / "pool.json").read()
+    before, before_other = len(state0.scaling_of(ep.model_name).actions), len(state0.scaling_of(OTHER_MODEL).actions)
     for i in range(50):  # 50 alerts in 10 s, straight at the receiver (Alertmanager would de-duplicate them)
         r = httpx.post(f"{ep.receiver_url}/alertmanager", headers={"Authorization": f"Bearer {token}"}, json={
             "version": "4", "status": "firing", "alerts": [{
@@ -173,7 +241,38 @@ def test_an_alert_storm_never_breaks_max_or_budget(scale_stack: Any) -> None:
     assert outs, "the storm's alerts never reached the scale flow"
     gaps = [b - a for a, b in zip(outs, outs[1:], strict=False)]
     assert all(g >= POLICY["up_cooldown_s"] for g in gaps), f"scale-outs inside the cool-down: {outs}"
+    # tenant isolation: the storm on the default tenant's pool never touched the other tenant's
+    samples_other = watch_other.stop()
+    assert {(n.name, n.weight, n.version) for n in scale_stack.pool(OTHER_MODEL).nodes()} == other
+    assert max(s[1] + s[2] for s in samples_other) <= OTHER_POLICY["budget_per_hour"]
+    assert not [a for a in PoolStore(scale_stack.cfg.state_dir / "pool" / "pool.json").read()
+                .scaling_of(OTHER_MODEL).actions[before_other:] if a["trigger"] != "reconcile"]
     print(json.dumps({"storm_scale_outs": len(outs), "max_serving": max(s[1] for s in samples)}))
+
+
+def test_an_alert_naming_another_tenants_pool_scales_nothing(scale_stack: Any) -> None:
+    """The other tenant's (mislabelled or forged) alert names the default tenant's pool: its own scale deployment
+    runs, refuses, and no node of either pool changes."""
+    ep, api = scale_stack.ep, api_of(scale_stack)
+    token = (scale_stack.cfg.state_dir / "receiver" / "token").read_text().strip()
+    nodes = {(n.name, n.weight) for p in scale_stack.pools() for n in p.nodes()}
+    dep = api.deployment_id("scale", f"scale-{OTHER}")
+    seen = {str(r["id"]) for r in api.flow_runs({"flow_runs": {"deployment_id": {"any_": [dep]}}})}
+    r = httpx.post(f"{ep.receiver_url}/alertmanager", headers={"Authorization": f"Bearer {token}"}, json={
+        "version": "4", "status": "firing", "alerts": [{
+            "status": "firing", "fingerprint": "cross-tenant",
+            "labels": {"alertname": "Backlog", "pool": ep.model_name, "tenant": OTHER, "action": "scale_out"},
+            "annotations": {}}]})
+    assert r.status_code == 202, r.text
+    deadline, run = time.monotonic() + 90, None
+    while time.monotonic() < deadline and run is None:
+        new = [x for x in api.flow_runs({"flow_runs": {"deployment_id": {"any_": [dep]}}}) if str(x["id"]) not in seen]
+        run = new[0] if new else None
+        time.sleep(1)
+    assert run is not None, f"the alert never started scale-{OTHER}"
+    st = api.wait(str(run["id"]), 120)
+    assert st.state == "FAILED" and f"belongs to tenant 'default', not '{OTHER}'" in st.message, st
+    assert {(n.name, n.weight) for p in scale_stack.pools() for n in p.nodes()} == nodes
 
 
 def test_a_killed_node_leaves_rotation_within_5s_and_reconcile_replaces_it(scale_stack: Any) -> None:
@@ -192,8 +291,8 @@ def test_a_killed_node_leaves_rotation_within_5s_and_reconcile_replaces_it(scale
     os.kill(rec.pid, signal.SIGKILL)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 10:
-        state = {s.name: s for s in pool.lb.servers(pool.backend)}[victim.name]
-        if not state.in_rotation:
+        state = {s.name: s for s in pool.lb.servers(pool.backend)}.get(victim.name)
+        if state is None or not state.in_rotation:  # None: a reconcile already removed it from HAProxy
             break
         time.sleep(0.2)
     out_of_rotation_s = time.monotonic() - t0

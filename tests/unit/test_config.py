@@ -23,8 +23,11 @@ def test_shipped_config_loads_with_documented_defaults() -> None:
     assert cfg.serving.engine is Engine.TRANSFORMERS
     assert cfg.state_dir.is_absolute()
     # the shipped file states the defaults: it must equal an empty config, except the scaling thresholds, which
-    # are the CPU ones there (the code's defaults are for GPU nodes; README documents both)
-    skip = {"state_dir", "scaling"}
+    # are the CPU ones there (the code's defaults are for GPU nodes; README documents both), and the second tenant
+    # the demo runs beside the default one
+    skip = {"state_dir", "scaling", "tenants"}
+    assert set(cfg.tenants) == {"default", "globex"} and cfg.tenants["default"] == StackConfig().tenants["default"]
+    assert [p.model for p in cfg.pools()] == ["support-assistant", "globex-assistant"]
     assert cfg.model_dump(exclude=skip) == StackConfig().model_dump(exclude=skip)
     differs = {k for k, v in cfg.scaling.model_dump().items() if v != getattr(StackConfig().scaling, k)}
     assert differs == {"high_latency_s", "backlog", "budget_per_hour"}

@@ -18,16 +18,16 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
 
 
-def fires(deployment: str, event: dict[str, Any]) -> bool:
-    for t in DEPLOYMENTS[deployment].get("triggers", []):
+def fires(deployment: str, event: dict[str, Any], deployments: dict[str, Any] | None = None) -> bool:
+    for t in (deployments or DEPLOYMENTS)[deployment].get("triggers", []):
         trig = DeploymentEventTrigger.model_validate(t)
         if event["event"] in trig.expect and trig.match.matches(Resource.model_validate(event["resource"])):
             return True
     return False
 
 
-def alert(name: str, action: str, status: str = "firing") -> dict[str, Any]:
-    (e,) = alert_events({"alerts": [{"status": status, "labels": {"alertname": name, "pool": "sa", "tenant": "acme",
+def alert(name: str, action: str, status: str = "firing", tenant: str = "default") -> dict[str, Any]:
+    (e,) = alert_events({"alerts": [{"status": status, "labels": {"alertname": name, "pool": "sa", "tenant": tenant,
                                                                   "action": action}}]})
     return e
 
@@ -44,6 +44,21 @@ def test_scale_fires_on_capacity_alerts_only() -> None:
     assert not fires("scale", alert("LowUtilisation", "scale_in"))
     assert not fires("scale", alert("HighLatency", "scale_out", "resolved"))
     assert not fires("scale", alert("RegressionDetected", "repair"))
+
+
+def test_each_tenant_pools_alerts_start_only_its_own_scale_deployment(tmp_path: Path) -> None:
+    from infra.stack.launcher import tenant_deployments
+    from llmops.stackconfig import StackConfig
+
+    path = tenant_deployments(StackConfig.model_validate({"state_dir": tmp_path, "tenants": {
+        "default": {}, "acme": {"model": "acme-model"}, "globex": {"model": "globex-model"}}}))
+    assert path is not None
+    mine = {d["name"]: d for d in yaml.safe_load(path.read_text())["deployments"]}
+    assert set(mine) == {"scale-acme", "scale-globex"}
+    acme = alert("HighLatency", "scale_out", tenant="acme")
+    assert fires("scale-acme", acme, mine) and not fires("scale-globex", acme, mine) and not fires("scale", acme)
+    assert not fires("scale-acme", alert("HighLatency", "scale_out"), mine)  # the default tenant's: `scale` only
+    assert not fires("scale-acme", alert("LowUtilisation", "scale_in", tenant="acme"), mine)
 
 
 def test_repair_fires_on_the_alert_and_on_the_signed_webhook() -> None:
