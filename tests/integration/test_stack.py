@@ -53,10 +53,11 @@ def test_completion_through_gateway_comes_from_the_real_model(stack) -> None:
     answer, version = chat(stack.ep, "What is the capital of France? Answer in one sentence.")
     assert "paris" in answer.lower(), answer
     assert version == "1"
-    # garbage in, a real 4xx out: the gateway passes the engine's own validation through
+    # garbage in, a real 4xx out: a model no tenant serves is refused at the gateway (OpenAI's 404
+    # model_not_found) and never reaches a node
     r = httpx.post(f"{stack.ep.gateway_url}/v1/chat/completions", json={"model": "no-such-model",
                    "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
-    assert r.status_code == 400 and "pinned" in r.text
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
 
 
 def test_gateway_and_node_metrics_reach_prometheus(stack) -> None:
