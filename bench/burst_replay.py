@@ -52,7 +52,12 @@ from tests.integration.conftest import free_ports_config, write_config  # noqa: 
 # HighLatency must sit above a quiet node's own latency: at 0.45 cores a 16-token answer takes ~2.2 s unloaded, so
 # a 2.0 s threshold fired at the base rate and kept the pool at peak (bench/results/burst-replay-cpu-latency-threshold
 # -2s.json: cost 0.97); 3.5 s is above it and below the 6 s SLO.
-SHARED = {"high_latency_s": 3.5, "backlog": 4, "target_in_flight_per_node": 4, "alert_for_s": 2,
+# A node takes `max_concurrency_per_node` (2) requests at once and HAProxy queues the rest, so its target concurrency
+# is 2: more per node is queueing. (The first runs had 4, twice what a node takes: demand counted a node full only with
+# 2 more queued behind it, and scale-out waited for the Backlog alert.)
+MAX_CONCURRENCY_PER_NODE = 2
+SHARED = {"high_latency_s": 3.5, "backlog": 4, "target_in_flight_per_node": MAX_CONCURRENCY_PER_NODE,
+          "alert_for_s": 2,
           "up_cooldown_s": 15, "down_cooldown_s": 15, "max_step": 2, "node_price_per_hour": 1.0,
           "budget_per_hour": 5.0}
 ARMS = {
@@ -76,6 +81,25 @@ def windows(outcomes: list[dict[str, Any]], slo_s: float, width: float = 10.0) -
     return out
 
 
+def firing_spans(prometheus_url: str, model: str, t0: float, t1: float) -> dict[str, list[list[float]]]:
+    """When each alert of the pool was firing, in seconds after the load started (Prometheus `ALERTS`)."""
+    import httpx
+
+    r = httpx.get(f"{prometheus_url}/api/v1/query_range", timeout=30, params={
+        "query": f'ALERTS{{alertstate="firing",pool="{model}"}}', "start": t0, "end": t1, "step": 1})
+    spans: dict[str, list[list[float]]] = {}
+    for res in r.json().get("data", {}).get("result", []):
+        times = [float(t) - t0 for t, _ in res["values"]]
+        runs: list[list[float]] = []
+        for t in times:
+            if runs and t - runs[-1][1] <= 1.5:
+                runs[-1][1] = t
+            else:
+                runs.append([t, t])
+        spans[res["metric"]["alertname"]] = [[round(a, 1), round(b, 1)] for a, b in runs]
+    return spans
+
+
 def ramped(base: float, peak: float, duration_s: float, start_s: float, ramp_s: float, hold_s: float,
            max_tokens: int, seed: int = 0) -> list[Any]:
     """Poisson arrivals: `base` req/s, rising in 10 s steps over `ramp_s` to `peak`, held `hold_s`, then `base`."""
@@ -97,7 +121,8 @@ def ramped(base: float, peak: float, duration_s: float, start_s: float, ramp_s: 
 def one_arm(name: str, policy: dict[str, Any], arrivals: list[Any], slo_s: float, workdir: Path,
             cpu_limit: float) -> dict[str, Any]:
     cfg_data = free_ports_config(workdir / "state", scaling=policy,
-                                 serving={"max_concurrency_per_node": 2, "cpu_limit": cpu_limit})
+                                 serving={"max_concurrency_per_node": MAX_CONCURRENCY_PER_NODE,
+                                          "cpu_limit": cpu_limit})
     stack = Stack(write_config(workdir, cfg_data))
     stack.up(say=lambda _: None)
     try:
@@ -121,12 +146,18 @@ def one_arm(name: str, policy: dict[str, Any], arrivals: list[Any], slo_s: float
         node_s = state.node_seconds(model, t1) - ns0
         outcomes = json.loads(out.read_text())["outcomes"]
         wins = windows(outcomes, slo_s)
-        actions = [{k: a.get(k) for k in ("at", "action", "current", "desired", "trigger", "reasons", "promoted",
-                                          "started", "removed")} for a in state.scaling_of(model).actions]
+        # times relative to the start of the load, so that each action lines up with the trace's windows
+        actions = [{"at_s": round(a["at"] - t0, 1),
+                    **{k: a.get(k) for k in ("action", "current", "desired", "trigger", "reasons", "promoted",
+                                             "started", "removed")},
+                    "timeline_s": [[stage, round(at - t0, 1)] for stage, at in a.get("timeline", [])]}
+                   for a in state.scaling_of(model).actions]
+        alerts = firing_spans(stack.ep.prometheus_url, model, t0, t1)
         return {"arm": name, "policy": policy, "requests": summary["requests"], "failed": summary["failed"],
                 "latency_s": summary["latency_s"], "windows": wins,
                 "slo_attainment": round(sum(w["met"] for w in wins) / max(len(wins), 1), 3),
-                "node_seconds": round(node_s, 1), "seconds": round(t1 - t0, 1), "scaling_actions": actions}
+                "node_seconds": round(node_s, 1), "seconds": round(t1 - t0, 1), "scaling_actions": actions,
+                "alerts_firing_s": alerts}
     finally:
         stack.down(say=lambda _: None)
 

@@ -18,7 +18,7 @@ from llmops.errors import LlmopsError
 from llmops.metrics import MetricsSource
 from llmops.pool.manager import ReconcileReport
 from llmops.pool.state import NodeRecord, PoolState, ScalingState
-from llmops.scaling import Action, Observation, PoolView, ScaleDecision, ScalePolicy, desired_replicas
+from llmops.scaling import SCALE_OUT_ALERTS, Action, Observation, PoolView, ScaleDecision, ScalePolicy, desired_replicas
 
 Say = Callable[[str], None]
 MAX_ACTIONS_KEPT = 200
@@ -59,7 +59,7 @@ def observe(metrics: MetricsSource, model: str, alerts: frozenset[str] = frozens
 
 def firing_alerts(metrics: MetricsSource, model: str) -> frozenset[str]:
     names = set()
-    for name in ("HighLatency", "Backlog"):
+    for name in sorted(SCALE_OUT_ALERTS):
         if metrics.scalar(f'ALERTS{{alertname="{name}",alertstate="firing",pool="{model}"}}'):
             names.add(name)
     return frozenset(names)

@@ -7,8 +7,8 @@ its `ScaleDecision`, and `bench/scale_sim.py` drives the very same function in a
 Rules, in order:
 - the floor: fewer serving nodes than `min_replicas` is repaired at once, whatever the metrics say;
 - demand: the nodes needed to bring the concurrency per node ((in flight + waiting) / nodes) under its target;
-  latency over its threshold, a queue over `backlog` or a firing `HighLatency` / `Backlog` alert asks for at
-  least one node more (latency is proportional only when the concurrency signals are missing);
+  latency over its threshold, a queue over `backlog` or a firing `HighLatency` / `Backlog` / `Saturated` alert asks
+  for at least one node more (latency is proportional only when the concurrency signals are missing);
 - caps: at most `max_step` nodes per action, never above `max_replicas`, and never more nodes (serving + warm
   standby) than the hourly budget pays for; each cap that binds is named in the decision;
 - scale-out is held inside `up_cooldown_s` of the last one, so an alert storm yields one action;
@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 
 from llmops.config import StrictModel
 
-SCALE_OUT_ALERTS = frozenset({"HighLatency", "Backlog"})
+SCALE_OUT_ALERTS = frozenset({"HighLatency", "Backlog", "Saturated"})
 
 
 class ScalePolicy(StrictModel):

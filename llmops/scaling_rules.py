@@ -69,6 +69,14 @@ def scaling_rules(model: str, backend: str, policy: ScalePolicy, tenant: str = "
          "labels": {**labels, "severity": "page", "action": "scale_out"},
          "annotations": {"summary": f"more than {policy.backlog:g} requests of {model} waiting",
                          "value_waiting": "{{ $value }}"}},
+        # demand above what the serving nodes take at their target concurrency: the same quantity `desired_replicas`
+        # scales on, so the alert path acts on it at once instead of waiting for a queue (Backlog) or for latency
+        {"alert": "Saturated", "expr": f"llmops:pool_load{sel} / {cap} > 1",
+         "for": _dur(policy.alert_for_s),
+         "labels": {**labels, "severity": "page", "action": "scale_out"},
+         "annotations": {"summary": f"{model} has more requests in flight or waiting than its nodes take at "
+                                    f"{policy.target_in_flight_per_node:g} each",
+                         "value_utilisation": "{{ $value }}"}},
         {"alert": "NodeDown", "expr": f'up{{job="nodes",{m}}} == 0', "for": "4s",  # two failed scrapes
          "labels": {**labels, "severity": "page", "action": "replace"},
          "annotations": {"summary": "node {{ $labels.node }} of " + model + " does not answer its scrape",

@@ -57,7 +57,8 @@ def test_rendered_rules_pass_promtool_and_carry_the_routing_labels(tmp_path: Pat
     assert r.returncode == 0, r.stdout + r.stderr
     recorded = [x["record"] for x in rules["groups"][0]["rules"]]
     alerts = {x["alert"]: x for x in rules["groups"][1]["rules"]}
-    assert set(recorded) == set(RECORDS) and set(alerts) == {"HighLatency", "Backlog", "NodeDown", "LowUtilisation"}
+    assert set(recorded) == set(RECORDS) and set(alerts) == {"HighLatency", "Backlog", "Saturated", "NodeDown",
+                                                             "LowUtilisation"}
     assert "> 0.25" in alerts["HighLatency"]["expr"] and "> 40" in alerts["Backlog"]["expr"]
     assert alerts["HighLatency"]["for"] == "3s"
     assert all(a["labels"]["pool"] == "support-assistant" and a["labels"]["tenant"] == "acme"
@@ -102,3 +103,34 @@ def test_a_repair_alert_becomes_a_regression_event() -> None:
     (e,) = alert_events(payload)
     assert e["event"] == "llmops.regression.detected" and e["payload"]["values"] == {"bad_ratio": "0.5"}
     assert e["resource"]["prefect.resource.id"] == "llmops.pool.acme.support-assistant"
+
+
+def test_saturated_fires_when_demand_exceeds_the_nodes_target_concurrency_and_not_before(tmp_path: Path) -> None:
+    """promtool evaluates the rendered rules on raw node and gateway series: two nodes at target 2 take 4; a load of
+    6 (4 in flight + 2 queued) for longer than `for:` fires Saturated, a load of 4 (all in flight) does not."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: install the Debian package prometheus (`make install`)"
+    policy = ScalePolicy(target_in_flight_per_node=2, backlog=40, alert_for_s=4)
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(scaling_rules("m", "llm_m", policy, tenant="acme")))
+    series = [
+        {"series": 'up{job="nodes",model="m",node="a"}', "values": "1x20"},
+        {"series": 'up{job="nodes",model="m",node="b"}', "values": "1x20"},
+        {"series": 'llmops_node_requests_in_flight{model="m",node="a"}', "values": "1 2x20"},
+        {"series": 'llmops_node_requests_in_flight{model="m",node="b"}', "values": "1 2x20"},
+        # queue: empty for the first 5 minutes' samples, then 2 waiting
+        {"series": 'haproxy_backend_current_queue{proxy="llm_m"}', "values": "0x5 2x15"},
+    ]
+    test = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": "4m", "alertname": "Saturated", "exp_alerts": []},  # load 4 = capacity: not above
+            {"eval_time": "6m", "alertname": "Saturated", "exp_alerts": []},  # load 6, pending (for: 4s < 1m step)
+            {"eval_time": "8m", "alertname": "Saturated", "exp_alerts": [{
+                "exp_labels": {"model": "m", "pool": "m", "tenant": "acme", "severity": "page",
+                               "action": "scale_out"},
+                "exp_annotations": {"summary": "m has more requests in flight or waiting than its nodes take at 2 "
+                                               "each", "value_utilisation": "1.5"}}]},
+        ]}]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    r = subprocess.run([promtool, "test", "rules", "test.yml"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
