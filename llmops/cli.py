@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -266,30 +267,79 @@ def load(mode: Annotated[str, typer.Option(help="steady | burst | trace")] = "st
 def demo(config: ConfigOpt = None, state_dir: StateOpt = None,
          train_config: Annotated[Path, typer.Option(help="training config of the demo")] = Path(
              "configs/train/smollm2_lora.yaml")) -> None:
-    """The main job: bring the stack up and walk the journey end to end. The stack stays up afterwards."""
+    """The main job: bring the stack up and walk the journey end to end, then write the report (HTML with the
+    timeline plot; also an MLflow and a Prefect artifact). The stack stays up afterwards."""
+    from rich.console import Console
+
+    from llmops.report import DemoReport, Stage
     from llmops.smoke import run_burst, run_regression, run_rollout, run_smoke, run_training
 
+    console = Console(highlight=False)
     t0 = time.monotonic()
-    try:
-        stack = _stack(config, state_dir)
-        typer.secho("[1/6] stack up", bold=True)
-        t = stack.up(say=typer.echo)
-        typer.echo(f"  up in {t['total_s']:.1f}s")
-        typer.secho("[2/6] smoke journey", bold=True)
-        run_smoke(stack.ep, say=typer.echo)
-        typer.secho("[3/6] train, evaluate and gate a challenger (train-pipeline)", bold=True)
-        tags = run_training(stack.ep, train_config, say=typer.echo)
-        typer.secho("[4/6] canary rollout of the challenger under load (rollout)", bold=True)
-        if tags.get("llmops.gate") == "pass":
-            run_rollout(stack.ep, "challenger", say=typer.echo)
+    stack = _stack(config, state_dir)
+    report = DemoReport("elastic-llmops demo", stack.cfg.model.name, time.time())
+    steps: list[tuple[str, Callable[[Callable[[str], None]], object]]] = [
+        ("stack up", lambda say: say(f"up in {stack.up(say=say)['total_s']:.1f}s")),
+        ("smoke journey", lambda say: run_smoke(stack.ep, say=say)),
+        ("train, evaluate and gate a challenger (train-pipeline)",
+         lambda say: say(f"gate: {_train(stack, train_config, say)}")),
+        ("canary rollout of the challenger under load (rollout)", lambda say: _roll(stack, say)),
+        ("a traffic burst: alerts -> scale flow -> the pool grows; reconcile drains it",
+         lambda say: run_burst(stack.ep, say=say, min_replicas=stack.cfg.scaling.min_replicas)),
+        ("a policy changes: bad feedback -> RegressionDetected -> repair flow -> canary",
+         lambda say: run_regression(stack.ep, say=say)),
+    ]
+    gate: dict[str, str] = {}
+
+    def _train(stack, cfg: Path, say: Callable[[str], None]) -> str:  # type: ignore[no-untyped-def]
+        gate.update(run_training(stack.ep, cfg, say=say))
+        return gate.get("llmops.gate", "?")
+
+    def _roll(stack, say: Callable[[str], None]) -> None:  # type: ignore[no-untyped-def]
+        if gate.get("llmops.gate") == "pass":
+            run_rollout(stack.ep, "challenger", say=say)
         else:
-            typer.echo("  the challenger did not pass the gate: nothing to roll out")
-        typer.secho("[5/6] a traffic burst: alerts -> scale flow -> the pool grows; reconcile drains it", bold=True)
-        run_burst(stack.ep, say=typer.echo, min_replicas=stack.cfg.scaling.min_replicas)
-        typer.secho("[6/6] a policy changes: bad feedback -> RegressionDetected -> repair flow -> canary", bold=True)
-        run_regression(stack.ep, say=typer.echo)
-    except LlmopsError as err:
-        _fail(err)
+            say("the challenger did not pass the gate: nothing to roll out")
+
+    failed: tuple[str, LlmopsError] | None = None
+    for i, (name, step) in enumerate(steps, 1):
+        label = f"[{i}/{len(steps)}] {name}"
+        stage = Stage(label, time.time())
+        report.stages.append(stage)
+        console.print(f"[bold]{label}[/bold]")
+
+        def say(line: str, stage: Stage = stage) -> None:
+            line = line.strip()
+            stage.lines.append(line)
+            if "http://" in line:
+                url = line[line.index("http://"):].split()[0]
+                stage.links.append((line.split(":")[0] if ":" in line[:20] else "link", url))
+            console.print(f"  {line}", markup=False)
+
+        try:
+            with console.status(f"{label} ...", spinner="dots"):
+                step(say)
+        except LlmopsError as err:
+            stage.ok, failed = False, (label, err)
+        stage.seconds = time.time() - stage.started_at
+        console.print(f"  [{'green' if stage.ok else 'red'}]{'done' if stage.ok else 'FAILED'}[/] in "
+                      f"{stage.seconds:.0f}s")
+        if failed:
+            break
+    if failed:
+        report.failure = f"{failed[0]}: {failed[1].problem}"
+    if report.stages[0].ok:  # the stack is up: its records make the report
+        try:
+            with console.status("writing the report ...", spinner="dots"):
+                from llmops.demo_report import publish
+
+                page = publish(stack.ep, report)
+            console.print(f"report: {page}  (also in MLflow experiment llmops-demo and Prefect artifact demo-report)")
+        except Exception as err:  # noqa: BLE001 - the story's own outcome matters more than its report
+            console.print(f"[yellow]the report could not be written: {err}[/yellow]")
+    if failed:
+        typer.secho(f"the demo stopped at {failed[0]}", fg="red", err=True)
+        _fail(failed[1])
     _print_urls(stack.ep)
     typer.secho(f"demo finished in {time.monotonic() - t0:.1f}s; the stack keeps running "
                 f"(stop it with `make down` or `llmops stack down`)", fg="green")

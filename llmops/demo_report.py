@@ -1,0 +1,136 @@
+"""Gather the demo's report from the running stack and publish it (file, MLflow artifact, Prefect artifact).
+
+Reads: Prometheus (`query_range`) for the timeline, the Prefect API for flow runs and the rollout-step tables the
+rollout flow published, MLflow for the eval metrics of each gated version. Writes `<state>/reports/demo-<stamp>.html`
+(and the PNG beside it), logs both to the MLflow experiment `llmops-demo`, and creates the Prefect markdown artifact
+`demo-report` that links to them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from llmops.endpoints import Endpoints
+from llmops.prefect_api import PrefectApi
+from llmops.report import DemoReport, collect_timeline, gate_rows, markdown_summary, plot_timeline, render_html
+
+
+def prometheus_range(url: str):  # type: ignore[no-untyped-def]
+    def query(expr: str, start: float, end: float, step: float) -> list[tuple[dict[str, str],
+                                                                             list[tuple[float, float]]]]:
+        r = httpx.get(f"{url}/api/v1/query_range", timeout=30,
+                      params={"query": expr, "start": start, "end": end, "step": step})
+        r.raise_for_status()
+        return [(res["metric"], [(float(t), float(v)) for t, v in res["values"]])
+                for res in r.json()["data"]["result"]]
+    return query
+
+
+def prometheus_value(url: str, expr: str, at: float) -> float | None:
+    r = httpx.get(f"{url}/api/v1/query", timeout=10, params={"query": expr, "time": at})
+    res = r.json().get("data", {}).get("result", []) if r.status_code == 200 else []
+    return float(res[0]["value"][1]) if res else None
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat()
+
+
+def flow_runs_between(api: PrefectApi, t0: float, t1: float) -> list[dict[str, Any]]:
+    """Flow runs that started in [t0, t1], with their flow's name."""
+    runs = api.flow_runs({"flow_runs": {"start_time": {"after_": _iso(t0), "before_": _iso(t1)}},
+                          "sort": "START_TIME_ASC", "limit": 200})
+    flows = {str(f["id"]): str(f["name"]) for f in api.json("POST", "/flows/filter", json={"limit": 200})}
+    return [{**r, "flow_name": flows.get(str(r.get("flow_id")), str(r.get("name")))} for r in runs]
+
+
+def rollout_tables(api: PrefectApi, t0: float) -> list[dict[str, Any]]:
+    """The `rollout-steps` table artifacts the rollout flow published since t0, oldest first."""
+    arts = api.json("POST", "/artifacts/filter", json={
+        "artifacts": {"key": {"any_": ["rollout-steps"]}}, "sort": "CREATED_DESC", "limit": 50})
+    out = []
+    for a in reversed(arts):
+        created = datetime.fromisoformat(str(a["created"]).replace("Z", "+00:00")).timestamp()
+        if created < t0:
+            continue
+        data = a.get("data")
+        rows = json.loads(data) if isinstance(data, str) else data
+        out.append({"title": a.get("description") or "rollout", "rows": list(rows or [])})
+    return out
+
+
+def gate_tables(mlflow_url: str, model: str, t0: float) -> list[dict[str, Any]]:
+    """One table per version registered since t0: eval metrics of champion vs challenger, and the verdict."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_url)
+    out = []
+    for mv in sorted(client.search_model_versions(f"name = '{model}'"), key=lambda v: int(v.version)):
+        if mv.creation_timestamp / 1000 < t0 or "llmops.gate" not in mv.tags:
+            continue
+        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        rows = gate_rows(metrics)
+        for key in ("repair/fix_exact_match", "repair/suite_exact_match", "repair/champion_suite_exact_match"):
+            if key in metrics:
+                rows.append({"metric": key, "champion": None, "challenger": metrics[key], "delta": None})
+        kind = "repair" if mv.tags.get("llmops.repair") == "true" else "training"
+        out.append({"title": f"v{mv.version} ({kind})", "verdict": f"gate {mv.tags['llmops.gate']}",
+                    "rows": rows})
+    return out
+
+
+def cost_summary(prom_url: str, model: str, t0: float, t1: float) -> dict[str, float | None]:
+    spent0 = prometheus_value(prom_url, f'llmops_pool_cost{{model="{model}"}}', t0)
+    spent1 = prometheus_value(prom_url, f'llmops_pool_cost{{model="{model}"}}', t1)
+    budget = prometheus_value(prom_url, f'llmops_pool_budget_per_hour{{model="{model}"}}', t1)
+    hours = (t1 - t0) / 3600
+    spent = (spent1 - spent0) if spent0 is not None and spent1 is not None else spent1
+    return {"hours": round(hours, 3), "spent": spent, "budget_per_hour": budget,
+            "budget_for_the_period": budget * hours if budget is not None else None,
+            "share_of_budget": (spent / (budget * hours)) if spent is not None and budget else None}
+
+
+def publish(ep: Endpoints, report: DemoReport, t1: float | None = None) -> Path:
+    """Build the page from the stack's records and publish it; returns the HTML file."""
+    t1 = t1 or time.time()
+    api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
+    runs = flow_runs_between(api, report.started_at, t1)
+    tl = collect_timeline(prometheus_range(ep.prometheus_url), runs, report.model, report.started_at, t1)
+    report.gates = gate_tables(ep.mlflow_url, report.model, report.started_at)
+    report.rollouts = rollout_tables(api, report.started_at)
+    report.cost = cost_summary(ep.prometheus_url, report.model, report.started_at, t1)
+    png = None if tl.empty else plot_timeline(tl, f"{report.model}: the demo on one time axis")
+    stamp = datetime.fromtimestamp(report.started_at, UTC).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = ep.state_dir / "reports"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html_path = out_dir / f"demo-{stamp}.html"
+    png_path = out_dir / f"demo-{stamp}-timeline.png"
+    if png:
+        png_path.write_bytes(png)
+
+    import mlflow
+
+    mlflow.set_tracking_uri(ep.mlflow_url)
+    mlflow.set_experiment("llmops-demo")
+    with mlflow.start_run(run_name=f"demo-{stamp}") as run:
+        url = f"{ep.mlflow_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts"
+        report.links.append(("MLflow run with this report", url))
+        html_path.write_text(render_html(report, png))
+        mlflow.log_artifact(str(html_path), "report")
+        if png:
+            mlflow.log_artifact(str(png_path), "report")
+        mlflow.set_tags({"llmops.demo": "completed" if report.ok else "stopped"})
+        mlflow.log_metric("demo/seconds", t1 - report.started_at)
+        for s in report.stages:
+            mlflow.log_metric(f"demo/stage_seconds/{s.name.split(' ')[0].strip('[]').replace('/', '_of_')}",
+                              s.seconds)
+    api.json("POST", "/artifacts/", json={
+        "key": "demo-report", "type": "markdown", "description": report.title,
+        "data": markdown_summary(report, url) + f"\n\nLocal file: `{html_path}`"})
+    return html_path
