@@ -99,7 +99,7 @@ class CanaryRollout:
         report = RolloutReport(self.pool.model, cand.version, champion.version, False, "")
         if not baseline:
             raise LlmopsError(f"every node of {self.pool.model} already serves v{cand.version}",
-                              "nothing to roll out; promote the alias with `llmops rollout --promote-only`")
+                              "nothing to roll out: it already serves everywhere (to go back, `llmops rollback`)")
         try:
             canary = self.pool.add_node(cand.version, engine=self.engine, weight=0)
         except LlmopsError as err:  # the pre-registration serving test: no user traffic reached it
@@ -130,6 +130,8 @@ class CanaryRollout:
         self.registry.set_alias(self.pool.model, "champion", cand.version)
         self.registry.tag_version(self.pool.model, cand.version, "rollout", "promoted")
         self.registry.tag_version(self.pool.model, cand.version, "rollout_reason", "all steps passed")
+        if champion.version != cand.version:  # what `llmops rollback` rolls back to
+            self.registry.tag_version(self.pool.model, cand.version, "previous_champion", champion.version)
         for node in baseline:  # drained (weight 0 already, wait for zero in flight) and stopped
             self.pool.remove_node(node.name)
         for _ in range(len(baseline) - 1):  # keep the pool's size: every node now serves the new champion

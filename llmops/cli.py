@@ -16,8 +16,13 @@ from llmops.errors import LlmopsError
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="elastic-llmops: keep an LLM service good and fast.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: real servers on loopback.")
 model_app = typer.Typer(no_args_is_help=True, help="Models in the registry.")
+scaling_app = typer.Typer(no_args_is_help=True, help="Pause or resume a pool's automatic scaling.")
+node_app = typer.Typer(no_args_is_help=True, help="Serving nodes of a pool.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(model_app, name="model")
+app.add_typer(scaling_app, name="scaling")
+app.add_typer(node_app, name="node")
+TenantOpt = Annotated[str, typer.Option(help="whose pool (stack config `tenants`)")]
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="stack config (default configs/stack.yaml)")]
 StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="state directory (overrides the config)")]
@@ -344,6 +349,144 @@ def demo(config: ConfigOpt = None, state_dir: StateOpt = None,
     typer.secho(f"demo finished in {time.monotonic() - t0:.1f}s; the stack keeps running "
                 f"(stop it with `make down` or `llmops stack down`)", fg="green")
 
+
+
+# ---- operations ------------------------------------------------------------------------------------------------
+@app.command("rollback")
+def rollback(tenant: TenantOpt = "default",
+             to: Annotated[str, typer.Option(help="version to go back to (default: the one the champion replaced)")]
+             = "", policy: Annotated[Path, typer.Option(help="canary policy")] = Path("configs/rollout/canary.yaml"),
+             state_dir: StateOpt = None, timeout_s: float = 1800) -> None:
+    """Roll the pool back to the previous champion (or --to VERSION): the rollout flow canaries it and moves the
+    `champion` alias, so a rollback is judged like any deploy and every node converges on it."""
+    from llmops.endpoints import Endpoints
+    from llmops.registry import MlflowRegistry
+    from llmops.stackconfig import load_effective_config
+
+    try:
+        ep = Endpoints.load(state_dir)
+        model = load_effective_config(ep.state_dir).pool_of_tenant(tenant).model
+        champion = MlflowRegistry(ep.mlflow_url).resolve(model, "champion")
+        target = to or champion.tags.get("previous_champion", "")
+        if not target:
+            raise LlmopsError(f"{model} v{champion.version} (champion) records no previous champion",
+                              "name the version to go back to: `llmops rollback --to <version>`")
+        if target == champion.version:
+            raise LlmopsError(f"v{target} is already the champion of {model}", "nothing to roll back")
+        typer.echo(f"rolling {model} back from v{champion.version} to v{target}")
+    except LlmopsError as err:
+        _fail(err)
+    rollout(version=target, policy=policy, tenant=tenant, state_dir=state_dir, timeout_s=timeout_s)
+
+
+def _running_stack(state_dir: Path | None):  # type: ignore[no-untyped-def]
+    """The stack running from `state_dir` (its endpoints and the config it was started with)."""
+    from infra.stack.launcher import Stack
+    from llmops.endpoints import Endpoints
+    from llmops.stackconfig import load_effective_config
+
+    return Stack(load_effective_config(Endpoints.load(state_dir).state_dir))
+
+
+def _set_scaling_paused(paused: bool, tenant: str, reconcile: bool, state_dir: Path | None) -> None:
+    from llmops.endpoints import Endpoints
+    from llmops.prefect_api import PrefectApi
+    from llmops.stackconfig import load_effective_config
+
+    try:
+        ep = Endpoints.load(state_dir)
+        cfg = load_effective_config(ep.state_dir)
+        model = cfg.pool_of_tenant(tenant).model  # an unknown tenant or one without a pool: a clear error
+        api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
+        names = [("scale", "scale" if tenant == "default" else f"scale-{tenant}")]
+        if reconcile:
+            names.append(("reconcile", "reconcile"))
+        for flow_name, dep in names:
+            api.set_paused(flow_name, dep, paused)
+            typer.echo(f"{'paused' if paused else 'resumed'} {flow_name}/{dep}")
+    except LlmopsError as err:
+        _fail(err)
+    if paused:
+        typer.echo(f"alerts on {model} no longer scale it" + ("" if reconcile else
+                   "; reconcile still replaces dead nodes and scales in (--reconcile pauses it for every pool)"))
+
+
+@scaling_app.command("pause")
+def scaling_pause(tenant: TenantOpt = "default",
+                  reconcile: Annotated[bool, typer.Option(help="also pause the scheduled reconcile (all pools)")]
+                  = False, state_dir: StateOpt = None) -> None:
+    """Stop alert-driven scaling of a tenant's pool (its `scale` deployment), e.g. while investigating."""
+    _set_scaling_paused(True, tenant, reconcile, state_dir)
+
+
+@scaling_app.command("resume")
+def scaling_resume(tenant: TenantOpt = "default",
+                   reconcile: Annotated[bool, typer.Option(help="also resume the scheduled reconcile")] = True,
+                   state_dir: StateOpt = None) -> None:
+    """Resume the tenant's `scale` deployment (and reconcile)."""
+    _set_scaling_paused(False, tenant, reconcile, state_dir)
+
+
+@node_app.command("list")
+def node_list(tenant: TenantOpt = "default", state_dir: StateOpt = None) -> None:
+    """The pool's nodes: name, version, weight, role, URL."""
+    try:
+        stack = _running_stack(state_dir)
+        pool = stack.pool(stack.cfg.pool_of_tenant(tenant).model)
+        for n in sorted(pool.nodes(), key=lambda n: n.name):
+            typer.echo(f"{n.name:<10} v{n.version:<4} weight {n.weight:<4} "
+                       f"{'standby' if n.standby else 'serving':<8} {n.status.value:<9} {n.url}")
+    except LlmopsError as err:
+        _fail(err)
+
+
+@node_app.command("drain")
+def node_drain(name: Annotated[str, typer.Argument(help="node name (`llmops node list`)")],
+               tenant: TenantOpt = "default", timeout_s: Annotated[float, typer.Option(
+                   help="wait this long for its requests in flight to finish")] = 60.0,
+               state_dir: StateOpt = None) -> None:
+    """Take a node out of rotation (weight 0, no new requests), wait for its requests in flight, stop it. Reconcile
+    starts a replacement if the pool falls below its minimum (pause scaling first to keep it out)."""
+    try:
+        stack = _running_stack(state_dir)
+        pool = stack.pool(stack.cfg.pool_of_tenant(tenant).model)
+        if name not in {n.name for n in pool.nodes()}:
+            raise LlmopsError(f"no node {name!r} in the pool of tenant {tenant!r}", "see `llmops node list`")
+        pool.set_weight(name, 0)
+        typer.echo(f"{name}: weight 0, draining (up to {timeout_s:.0f}s)")
+        pool.remove_node(name, drain_timeout_s=timeout_s)
+    except LlmopsError as err:
+        _fail(err)
+    typer.echo(f"{name}: drained and stopped")
+
+
+@app.command("rotate-secret")
+def rotate_secret(tenant: Annotated[str, typer.Argument(help="tenant name")], state_dir: StateOpt = None) -> None:
+    """Give a tenant a new webhook secret. The receiver reads it per request: calls signed with the old one get 401
+    from now on, so update the senders right after. Prints the new secret once."""
+    import os
+
+    from llmops.endpoints import Endpoints
+    from llmops.stackconfig import load_effective_config
+    from llmops.tenants import default_secret_env, rotate_local_secret
+
+    try:
+        ep = Endpoints.load(state_dir)
+        settings = load_effective_config(ep.state_dir).tenants.get(tenant)
+        if settings is None:
+            raise LlmopsError(f"tenant {tenant!r} is not in the stack config", "check `tenants` in the stack config")
+        env = settings.secret_env or default_secret_env(tenant)
+        if os.environ.get(env):
+            raise LlmopsError(f"tenant {tenant!r} takes its secret from ${env}",
+                              f"set the new value in ${env} where the receiver runs, then `llmops stack up`")
+        if settings.secret_block:
+            raise LlmopsError(f"tenant {tenant!r} takes its secret from the Prefect Secret block "
+                              f"{settings.secret_block!r}",
+                              "set the new value in that block (Prefect UI: Blocks); the receiver reads it per call")
+        new = rotate_local_secret(ep.state_dir, tenant)
+    except LlmopsError as err:
+        _fail(err)
+    typer.echo(f"new webhook secret of {tenant} (also in {ep.state_dir}/receiver/secrets/{tenant}):\n{new}")
 
 def _print_urls(ep) -> None:  # type: ignore[no-untyped-def]
     typer.echo(f"  Prefect UI:   {ep.prefect_ui_url}")

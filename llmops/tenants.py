@@ -63,6 +63,20 @@ def ensure_local_secret(state_dir: Path, tenant: str) -> Path:
     return path
 
 
+def rotate_local_secret(state_dir: Path, tenant: str) -> str:
+    """Replace the tenant's state-dir secret with a new random one (0600, atomic); returns the new secret. The
+    receiver reads the secret per request, so the next call must be signed with the new one."""
+    path = secret_file(state_dir, tenant)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{tenant}.new")
+    tmp.unlink(missing_ok=True)
+    tmp.touch(mode=0o600)
+    tmp.write_text(new)
+    tmp.replace(path)
+    return new
+
+
 def resolve_secret(tenant: str, settings: TenantSettings, state_dir: Path,
                    load_block: Callable[[str], str | None] | None = None) -> str | None:
     """The tenant's current secret: env var, else Prefect Secret block, else the state-dir file; None if none."""

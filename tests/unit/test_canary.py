@@ -107,6 +107,7 @@ def test_good_canary_is_promoted_and_the_pool_converges() -> None:
     report = r.run("challenger")
     assert report.promoted and [s.share for s in report.steps] == [10, 50, 100]
     assert reg.aliases["champion"] == "2" and reg.tags[("2", "rollout")] == "promoted"
+    assert reg.tags[("2", "previous_champion")] == "1"  # what `llmops rollback` rolls out again
     assert {n.version for n in pool.nodes()} == {"2"} and len(pool.nodes()) == 1
     assert report.timeline and report.timeline[-1].share == 100
 
@@ -123,6 +124,7 @@ def test_bad_canary_is_rolled_back(kw: dict[str, float], quality: float, reason:
     assert not report.promoted and reason in report.reason
     assert reg.aliases["champion"] == "1"
     assert reg.tags[("2", "rollout")] == "rolled_back" and reason in reg.tags[("2", "rollout_reason")]
+    assert ("2", "previous_champion") not in reg.tags
     assert [(n.version, n.weight) for n in pool.nodes()] == [("1", 100)]
 
 
