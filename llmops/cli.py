@@ -402,8 +402,9 @@ def _set_scaling_paused(paused: bool, tenant: str, reconcile: bool, state_dir: P
         if reconcile:
             names.append(("reconcile", "reconcile"))
         for flow_name, dep in names:
-            api.set_paused(flow_name, dep, paused)
-            typer.echo(f"{'paused' if paused else 'resumed'} {flow_name}/{dep}")
+            n = api.set_paused(flow_name, dep, paused)
+            typer.echo(f"{'paused' if paused else 'resumed'} {flow_name}/{dep}"
+                       + (f" and {'disabled' if paused else 'enabled'} its {n} trigger(s)" if n else ""))
     except LlmopsError as err:
         _fail(err)
     if paused:

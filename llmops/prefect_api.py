@@ -61,10 +61,23 @@ class PrefectApi:
         r.raise_for_status()
         return str(r.json()["id"])
 
-    def set_paused(self, flow_name: str, deployment: str, paused: bool) -> None:
-        """Pause or resume a deployment's schedules and triggers (the Prefect UI's pause toggle)."""
+    def set_paused(self, flow_name: str, deployment: str, paused: bool) -> int:
+        """Pause or resume a deployment: its schedules (Prefect's pause) and its event triggers. Prefect's pause
+        only stops schedules; the automations its triggers became keep creating runs, so they are disabled too
+        (re-registering the deployments, `llmops stack up`, enables them again). Returns how many automations
+        were switched."""
         dep = self.deployment_id(flow_name, deployment)
         self.json("POST", f"/deployments/{dep}/{'pause' if paused else 'resume'}_deployment")
+        autos = self.json("GET", f"/automations/related-to/prefect.deployment.{dep}") or []
+        for a in autos:
+            self.json("PATCH", f"/automations/{a['id']}", json={"enabled": not paused})
+        return len(autos)
+
+    def triggers_enabled(self, flow_name: str, deployment: str) -> list[bool]:
+        """Whether each automation of the deployment's triggers is enabled."""
+        dep = self.deployment_id(flow_name, deployment)
+        return [bool(a.get("enabled")) for a in self.json("GET", f"/automations/related-to/prefect.deployment.{dep}")
+                or []]
 
     def flow_runs(self, body: dict[str, object]) -> list[dict[str, object]]:
         """`POST /flow_runs/filter` with `body` (Prefect's filter schema)."""

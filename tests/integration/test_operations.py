@@ -55,10 +55,13 @@ def test_pause_and_resume_scaling_toggle_the_deployments(stack: Any) -> None:
         r = cli(stack, "scaling", "pause", "--reconcile")
         assert r.exit_code == 0, r.output
         assert paused("scale", "scale") and paused("reconcile", "reconcile")
+        # Prefect's pause stops schedules only: the alert trigger's automation must be off too
+        assert api.triggers_enabled("scale", "scale") == [False]
     finally:
         r = cli(stack, "scaling", "resume")
     assert r.exit_code == 0, r.output
     assert not paused("scale", "scale") and not paused("reconcile", "reconcile")
+    assert api.triggers_enabled("scale", "scale") == [True]
     r = cli(stack, "scaling", "pause", "--tenant", "nobody")
     assert r.exit_code == 2 and "nobody" in r.output
 

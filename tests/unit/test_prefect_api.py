@@ -30,7 +30,26 @@ def test_a_busy_server_is_retried_until_it_answers(monkeypatch: pytest.MonkeyPat
 
     api = api_with(httpx.MockTransport(handle), monkeypatch)
     api.set_paused("reconcile", "reconcile", True)
-    assert calls == ["/api/deployments/name/reconcile/reconcile"] * 3 + ["/api/deployments/dep-1/pause_deployment"]
+    assert calls == ["/api/deployments/name/reconcile/reconcile"] * 3 + ["/api/deployments/dep-1/pause_deployment",
+                                                                       "/api/automations/related-to/prefect.deployment.dep-1"]
+
+
+def test_pausing_also_disables_the_deployments_trigger_automations(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, str, bytes]] = []
+
+    def handle(req: httpx.Request) -> httpx.Response:
+        calls.append((req.method, req.url.path, req.content))
+        if req.url.path.endswith("/name/scale/scale"):
+            return httpx.Response(200, json={"id": "dep-2"})
+        if "/related-to/" in req.url.path:
+            return httpx.Response(200, json=[{"id": "a1", "enabled": True}, {"id": "a2", "enabled": True}])
+        return httpx.Response(200, json=None)
+
+    api = api_with(httpx.MockTransport(handle), monkeypatch)
+    assert api.set_paused("scale", "scale", True) == 2
+    patches = [(m, p, body) for m, p, body in calls if m == "PATCH"]
+    assert patches == [("PATCH", "/api/automations/a1", b'{"enabled":false}'),
+                       ("PATCH", "/api/automations/a2", b'{"enabled":false}')]
 
 
 def test_a_refusal_is_not_retried_and_names_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
