@@ -340,6 +340,12 @@ def demo(config: ConfigOpt = None, state_dir: StateOpt = None,
 
                 page = publish(stack.ep, report)
             console.print(f"report: {page}  (also in MLflow experiment llmops-demo and Prefect artifact demo-report)")
+            if report.overhead:
+                o = report.overhead
+                console.print(f"time: {o['wall_s']:.0f}s in all, orchestration overhead {o['overhead_s']:.0f}s "
+                              f"({o['overhead_share']:.1%}: stack up {o['stack_up_s']:.0f}s, flow starts "
+                              f"{o['flow_start_waits_s']:.0f}s, flows outside work tasks "
+                              f"{o['in_flows_s'] - o['work_tasks_s']:.0f}s)", markup=False)
         except Exception as err:  # noqa: BLE001 - the story's own outcome matters more than its report
             console.print(f"[yellow]the report could not be written: {err}[/yellow]")
     if failed:

@@ -72,6 +72,7 @@ class DemoReport:
     cost: dict[str, float | None] = field(default_factory=dict)  # spent, budget_per_hour, hours, budget_spent
     failure: str | None = None
     links: list[tuple[str, str]] = field(default_factory=list)
+    overhead: dict[str, float] = field(default_factory=dict)  # where the time went (demo_report.orchestration_split)
 
     @property
     def ok(self) -> bool:
@@ -226,6 +227,9 @@ def render_html(report: DemoReport, png: bytes | None) -> str:
     for r in report.rollouts or [{"title": "no rollout ran", "rows": []}]:
         parts.append(f"<h3>{html.escape(str(r['title']))}</h3>" + _table(r["rows"]))
     parts.append("<h2>Cost</h2>" + _table([{k: v for k, v in report.cost.items()}] if report.cost else []))
+    if report.overhead:
+        parts.append("<h2>Where the time went</h2><p>overhead = stack up + flow runs' wait to start + flow time "
+                     "outside training, evaluation and serving tasks</p>" + _table([dict(report.overhead)]))
     if report.links:
         parts.append("<h2>Links</h2><ul>" + "".join(f"<li><a href='{html.escape(u, quote=True)}'>"
                                                     f"{html.escape(lbl)}</a></li>" for lbl, u in report.links)
