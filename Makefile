@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.llmops-installed
 
-.PHONY: install system-deps demo test test-unit test-integration lint down status clean
+.PHONY: install system-deps demo test test-unit test-integration lint bench down status clean
 
 install: system-deps $(STAMP)
 
@@ -30,6 +30,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: install
 	$(BIN)/llmops demo
+
+# All CPU benchmarks one after another (about 95 min on 2 cores), then bench/results/SUMMARY.md.
+bench: install
+	PYTHONUNBUFFERED=1 $(BIN)/python bench/run_all.py
 
 test: install lint
 	$(BIN)/python -m pytest tests -v --durations=15

@@ -324,6 +324,8 @@ def run_regression(ep: Endpoints, say: Say = print, asked: int = 16, unseen: int
     fixed_at = time.monotonic()
     champion = reg.resolve(ep.model_name, "champion")
     say(f"  t=+{fixed_at - t0:.0f}s repair run {st.state}; champion v{before} -> v{champion.version}")
+    if fired_at is not None and champion.version != before:
+        say(f"  alert -> fixed version at 100%: {fixed_at - fired_at:.0f}s")
     answers = []
     for q in held:
         answer, rid, version = answer_with_id(ep, q)
