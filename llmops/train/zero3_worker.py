@@ -76,10 +76,18 @@ class StepClock(TrainerCallback):
     def __init__(self) -> None:
         self.t0: float | None = None
         self.seconds = 0.0
+        self.step_t0 = 0.0
+        self.step_seconds: list[float] = []  # each optimizer step, until its loss was logged
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.step_t0 = time.monotonic()
         if self.t0 is None:
-            self.t0 = time.monotonic()
+            self.t0 = self.step_t0
+
+    def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # logging_steps=1: the Trainer reads the loss (a device sync) right after each step
+        if len(self.step_seconds) < state.global_step:
+            self.step_seconds.append(time.monotonic() - self.step_t0)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.t0 is not None:
@@ -137,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     trainer = CompletionTrainer(model=model, args=targs, train_dataset=data,
                                 data_collator=PadCollator(tok.pad_token_id), callbacks=[clock])
     trainer.train()
+    peaks: list[Any] = [None] * world  # each rank's peak GPU memory of the training steps (0 on CPU)
+    dist.all_gather_object(peaks, int(torch.cuda.max_memory_allocated()) if cuda else 0)
 
     assert trainer.model is not None
     mine, total = partition_numel(trainer.model)
@@ -150,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         (model_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the registry wants weights only
         res = {"model_dir": str(model_dir), "steps": trainer.state.global_step, "losses": losses,
                "seconds": clock.seconds, "per_rank_param_numel": shards, "total_param_numel": total,
-               "world_size": world, "backend": dist.get_backend()}
+               "world_size": world, "backend": dist.get_backend(), "step_seconds": clock.step_seconds,
+               "per_rank_peak_mem_bytes": peaks}
         (out / "result.json").write_text(json.dumps(res, indent=2))
     dist.barrier()
     dist.destroy_process_group()
