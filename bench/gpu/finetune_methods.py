@@ -37,6 +37,9 @@ sys.path.insert(0, str(ROOT))
 TINYLLAMA = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
              "num_key_value_heads": 4, "vocab_size": 32000, "max_position_embeddings": 2048,
              "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "rope_theta": 10000.0}
+LLAMA7B = {**TINYLLAMA, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+           "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 4096}  # Llama-2-7B's
+SHAPES = {"tinyllama-1.1b": TINYLLAMA, "llama-7b": LLAMA7B}
 TINY = {**TINYLLAMA, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 1000}
 # name: (kind, settings)
@@ -55,7 +58,7 @@ TWO_GPU = ["fsdp2_2gpu", "zero3_2gpu"]
 GIB = 2**30
 
 
-def build_base(out: Path) -> dict[str, Any]:
+def build_base(out: Path, shape: str) -> dict[str, Any]:
     """Tokenizer of llmops.tinymodel + a random bf16 llama of TinyLlama-1.1B's shapes, initialised on the GPU."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -67,7 +70,7 @@ def build_base(out: Path) -> dict[str, Any]:
     for f in out.glob("model*.safetensors*"):
         f.unlink()
     tok = AutoTokenizer.from_pretrained(out)
-    shapes = TINY if os.environ.get("LLMOPS_BENCH_TINY") else TINYLLAMA  # TINY: a CPU check of this script
+    shapes = TINY if os.environ.get("LLMOPS_BENCH_TINY") else SHAPES[shape]  # TINY: a CPU check of this script
     cfg = LlamaConfig(**shapes, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
@@ -193,6 +196,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--timeout", type=int, default=240, help="seconds per run")
     ap.add_argument("--runs", default="", help="comma-separated subset of " + ",".join(RUNS))
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="tinyllama-1.1b")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -200,7 +204,7 @@ def main() -> None:
         child(a.child, a)
         return
     if a.build:
-        print("RESULT " + json.dumps(build_base(a.work / "base")))
+        print("RESULT " + json.dumps(build_base(a.work / "base", a.shape)))
         return
     assert a.out_dir is not None, "--out-dir is required"
     import torch
@@ -208,11 +212,13 @@ def main() -> None:
     card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     ngpu = torch.cuda.device_count()
     slug = card.split()[-1].lower()
+    if a.shape != "tinyllama-1.1b":
+        slug = f"{a.shape}-{slug}"
     a.out_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(a.work, ignore_errors=True)
     a.work.mkdir(parents=True)
-    b = subprocess.run([sys.executable, __file__, "--build", "--work", str(a.work)], capture_output=True, text=True,
-                       check=False)
+    b = subprocess.run([sys.executable, __file__, "--build", "--work", str(a.work), "--shape", a.shape],
+                       capture_output=True, text=True, check=False)
     if b.returncode != 0:
         sys.exit(f"building the base model failed:\n{b.stderr[-3000:]}")
     built = json.loads([ln for ln in b.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
@@ -220,8 +226,8 @@ def main() -> None:
     names = [n for n in a.runs.split(",") if n] or ONE_GPU + (TWO_GPU if ngpu >= 2 else [])
     common = {"device": card, "gpus_on_machine": ngpu, "host": platform.node(), "date": time.strftime("%Y-%m-%d"),
               "torch": torch.__version__,
-              "model": "random llama, TinyLlama-1.1B shapes (hidden 2048, 22 layers, 32 heads, 4 KV heads, "
-                       "MLP 5632, vocab 32000, untied head), bf16 weights on disk",
+              "model": (f"random llama, {a.shape} shapes ("
+                        + ", ".join(f"{k} {v}" for k, v in SHAPES[a.shape].items()) + "), bf16 weights on disk"),
               "params": built["params"], "batch": a.batch, "seq": a.seq, "tokens_per_step": a.batch * a.seq,
               "peak_memory": "torch.cuda.max_memory_allocated of the run's process (each rank's, for full runs)"}
     try:
@@ -239,7 +245,7 @@ def main() -> None:
     def write() -> None:
         r1 = {n: results[n] for n in ONE_GPU if n in results}
         doc1 = {"benchmark": "gpu-finetune-methods", **common, "adapter_steps": a.steps, "full_steps": a.full_steps,
-                "adapter": "LoRA r=16, alpha 32, all 7 projections, all 22 layers; QLoRA: NF4, double quant, "
+                "adapter": "LoRA r=16, alpha 32, all 7 projections, all layers; QLoRA: NF4, double quant, "
                            "bf16 compute", "results": r1,
                 "ratios": {
                     "qlora/lora peak memory (no gradient checkpointing, the default)": ratio(

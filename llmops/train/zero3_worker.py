@@ -108,6 +108,17 @@ def partition_numel(model: nn.Module) -> tuple[int, int]:
     return local, total
 
 
+def checkpointing_arg() -> str:
+    """TrainingArguments' name for gradient checkpointing: `activation_checkpointing` since transformers 5.2x,
+    `gradient_checkpointing` before (5.17 on the lent GPU machine has only the old one)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Train on this rank with HF Trainer + DeepSpeed ZeRO-3; the main process saves the model and result.json.
 
@@ -132,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         warmup_steps=h.warmup_steps,
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}, weight_decay=0.0,
         max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none", seed=h.seed, use_cpu=not cuda,
-        bf16=cuda, deepspeed=ds_config, activation_checkpointing=cfg.full.gradient_checkpointing,
+        bf16=cuda, deepspeed=ds_config, **{checkpointing_arg(): cfg.full.gradient_checkpointing},
         dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False,
     )
     tok = AutoTokenizer.from_pretrained(args.base)
