@@ -137,13 +137,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     cuda = torch.cuda.is_available()
     out = Path(args.out)
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
+    checkpointing: dict[str, Any] = {checkpointing_arg(): cfg.full.gradient_checkpointing}
     targs = TrainingArguments(
         output_dir=str(out / "trainer"), max_steps=h.max_steps, learning_rate=h.learning_rate,
         per_device_train_batch_size=max(1, h.batch_size // world), gradient_accumulation_steps=h.grad_accum,
         warmup_steps=h.warmup_steps,
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}, weight_decay=0.0,
         max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none", seed=h.seed, use_cpu=not cuda,
-        bf16=cuda, deepspeed=ds_config, **{checkpointing_arg(): cfg.full.gradient_checkpointing},
+        bf16=cuda, deepspeed=ds_config, **checkpointing,
         dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False,
     )
     tok = AutoTokenizer.from_pretrained(args.base)
