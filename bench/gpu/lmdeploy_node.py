@@ -43,6 +43,20 @@ async def burst(url: str, model: str, n: int, max_tokens: int) -> dict[str, floa
             "mean_latency_s": sum(lat for lat, _ in res) / n}
 
 
+def build_model(work: Path) -> tuple[Path, str, float]:
+    """The random SmolLM2-135M-shaped llama, through the model cache as a node gets it: (path, sha256, build s)."""
+    from llmops.hashing import dir_sha256
+    from llmops.model_cache import ModelCache
+    from llmops.tinymodel import build_tiny_model
+
+    t = time.perf_counter()
+    src = build_tiny_model(work / "src", hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536)
+    digest = dir_sha256(src)
+    cache = ModelCache(work / "cache")
+    cached = cache.get(digest, lambda tmp: subprocess.run(["cp", "-r", f"{src}/.", str(tmp)], check=True))
+    return cached.path, digest, time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
@@ -52,20 +66,12 @@ def main() -> None:
 
     import httpx
 
-    from llmops.hashing import dir_sha256
-    from llmops.model_cache import ModelCache
     from llmops.pool.launcher import LocalProcessLauncher
     from llmops.pool.state import NodeRecord
     from llmops.proc import free_port
     from llmops.stackconfig import Engine, ServingSettings
-    from llmops.tinymodel import build_tiny_model
 
-    t = time.perf_counter()
-    src = build_tiny_model(args.work / "src", hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536)
-    digest = dir_sha256(src)
-    cache = ModelCache(args.work / "cache")
-    cached = cache.get(digest, lambda tmp: subprocess.run(["cp", "-r", f"{src}/.", str(tmp)], check=True))
-    build_s = time.perf_counter() - t
+    model_path, digest, build_s = build_model(args.work)
 
     settings = ServingSettings(engine=Engine.LMDEPLOY, lmdeploy_python=sys.executable, lmdeploy_eager_mode=args.eager,
                                lmdeploy_cache_max_entry_count=0.1, lmdeploy_max_batch_size=64, start_timeout_s=400)
@@ -73,7 +79,7 @@ def main() -> None:
     node = NodeRecord(name="gpu-node1", model="support-assistant", engine="lmdeploy", version="1", sha256=digest,
                       host="127.0.0.1", port=free_port(23333))
     t = time.perf_counter()
-    node = launcher.start(node, cached.path)
+    node = launcher.start(node, model_path)
     try:
         launcher.wait_ready(node, timeout_s=400)
         cold_start_s = time.perf_counter() - t

@@ -36,8 +36,19 @@ def release_generate(model: Any) -> None:
         model.generate = model.__dict__.pop("_llmops_generate")
 
 
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer in backward (non-reentrant, so the frozen embeddings need no grad)."""
+    # transformers 5 renamed it (the old name warns); keep the old one for older releases
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})  # first parameter of both (its name differs)
+    model.config.use_cache = False
+
+
 def load_for_training(cfg: TrainConfig, base_dir: Path) -> tuple[Any, Any]:
-    """The base model (bf16, or NF4 for QLoRA) wrapped with a fresh LoRA / DoRA adapter, and its tokenizer."""
+    """The base model (bf16, or NF4 for QLoRA) wrapped with a fresh LoRA / DoRA adapter, and its tokenizer.
+
+    On a machine with CUDA the model is placed on the current GPU (QLoRA quantizes onto it), else on the CPU;
+    the training loop moves each batch to the model's device."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -47,16 +58,29 @@ def load_for_training(cfg: TrainConfig, base_dir: Path) -> tuple[Any, Any]:
     tok = AutoTokenizer.from_pretrained(base_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    cuda = torch.cuda.is_available()
+    model: Any
     if cfg.method is Method.QLORA:
         q = cfg.quant
         assert q is not None
         bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
                                  bnb_4bit_use_double_quant=q.double_quant,
                                  bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype))
-        model = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=bnb, dtype=torch.bfloat16)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        # on a GPU the 4-bit weights are quantized straight onto it (device_map), else they stay on the CPU
+        placement = {"device_map": {"": torch.cuda.current_device()}} if cuda else {}
+        model = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=bnb, dtype=torch.bfloat16,
+                                                     **placement)
+        if q.upcast_non_quantized:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        else:
+            for p in model.parameters():  # what prepare_model_for_kbit_training does, less its float32 cast
+                p.requires_grad_(False)
     else:
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16)
+        if cuda:
+            model = model.to("cuda")
+    if cfg.lora.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     layers = None
     if cfg.lora.last_layers is not None:
         n = AutoConfig.from_pretrained(base_dir).num_hidden_layers

@@ -36,6 +36,7 @@ class LoraSettings(StrictModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     last_layers: int | None = Field(None, ge=1)  # adapt only the top N decoder layers (cheaper backward)
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward: less memory, ~1/3 slower
 
 
 class QuantSettings(StrictModel):
@@ -44,6 +45,9 @@ class QuantSettings(StrictModel):
     quant_type: str = Field("nf4", pattern="^(nf4|fp4)$")
     double_quant: bool = True
     compute_dtype: str = Field("bfloat16", pattern="^(bfloat16|float16|float32)$")
+    # peft's prepare_model_for_kbit_training casts every weight that is not 4-bit (embeddings, LM head, norms) to
+    # float32; false keeps them in compute_dtype (as bf16 LoRA does), which halves their memory
+    upcast_non_quantized: bool = True
 
 
 class FullSettings(StrictModel):

@@ -129,8 +129,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     opt = torch.optim.AdamW(root.parameters(), lr=h.learning_rate, weight_decay=0.0)
     root.train()
     losses: list[float] = []
+    step_seconds: list[float] = []
     t0 = time.monotonic()
     for step in range(h.max_steps):
+        t_step = time.monotonic()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, h)
         total_loss = torch.zeros((), device=device)
@@ -147,10 +149,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
         dist.all_reduce(total_loss, op=dist.ReduceOp.SUM)
-        losses.append(float(total_loss) / world)
+        losses.append(float(total_loss) / world)  # float() waits for the step's kernels
+        step_seconds.append(time.monotonic() - t_step)
         if rank == 0:
             print(f"step {step + 1}/{h.max_steps} loss {losses[-1]:.4f}", flush=True)
     seconds = time.monotonic() - t0
+    peaks: list[Any] = [None] * world  # each rank's peak GPU memory of the training steps (0 on CPU)
+    dist.all_gather_object(peaks, int(torch.cuda.max_memory_allocated()) if cuda else 0)
 
     state: dict[str, Any] = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     model_dir = Path(args.out) / "model"
@@ -163,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         tok.save_pretrained(model_dir)
         res = {"model_dir": str(model_dir), "steps": h.max_steps, "losses": losses, "seconds": seconds,
                "per_rank_param_numel": shards, "total_param_numel": total, "world_size": world,
-               "backend": backend}
+               "backend": backend, "step_seconds": step_seconds, "per_rank_peak_mem_bytes": peaks}
         (Path(args.out) / "result.json").write_text(json.dumps(res, indent=2))
     dist.barrier()
     dist.destroy_process_group()

@@ -58,6 +58,8 @@ class FullResult:
         seconds: wall time of the training steps (rank 0), without start-up and saving.
         per_rank_param_numel: parameter elements each rank held locally (its shard or partition).
         total_param_numel: parameter elements of the whole model.
+        step_seconds: wall time of each step (rank 0).
+        per_rank_peak_mem_bytes: each rank's peak GPU memory (torch.cuda.max_memory_allocated; 0 on CPU).
     """
 
     model_dir: Path
@@ -66,6 +68,8 @@ class FullResult:
     seconds: float
     per_rank_param_numel: list[int]
     total_param_numel: int
+    step_seconds: tuple[float, ...] = ()
+    per_rank_peak_mem_bytes: tuple[int, ...] = ()
 
 
 def default_launch_config(cfg: TrainConfig) -> Path:
@@ -210,7 +214,9 @@ def launch_full(cfg: TrainConfig, base_dir: Path, train: Sequence[ChatExample], 
     return FullResult(model_dir=Path(res["model_dir"]), steps=int(res["steps"]),
                       losses=[float(x) for x in res["losses"]], seconds=float(res["seconds"]),
                       per_rank_param_numel=[int(x) for x in res["per_rank_param_numel"]],
-                      total_param_numel=int(res["total_param_numel"]))
+                      total_param_numel=int(res["total_param_numel"]),
+                      step_seconds=tuple(float(x) for x in res.get("step_seconds", ())),
+                      per_rank_peak_mem_bytes=tuple(int(x) for x in res.get("per_rank_peak_mem_bytes", ())))
 
 
 def _has_cuda() -> bool:

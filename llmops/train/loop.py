@@ -117,6 +117,16 @@ def completion_loss(model: Any, batch: dict[str, Any], lead_tokens: int = 0, lea
     return (per_token * weights).sum() / weights.sum()
 
 
+def model_device(model: Any) -> Any:
+    """Where the model's input embeddings live (the GPU for a model placed there, else the CPU)."""
+    return model.get_input_embeddings().weight.device
+
+
+def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    """The batch's tensors on `device` (no copy when they are already there)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def trainable(model: Any) -> dict[str, Any]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
@@ -174,6 +184,7 @@ def run_loop(model: Any, tok: Any, train: Sequence[ChatExample], evaluation: Seq
         opt.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
         meta = json.loads((ck / "state.json").read_text())
         start_step, losses, resumed = int(meta["step"]), list(meta["losses"]), str(ck)
+    device = model_device(model)
     it = batches(data, h.batch_size, h.seed, pad)
     for _ in range(start_step * h.grad_accum):  # same data order as an uninterrupted run
         next(it)
@@ -189,7 +200,7 @@ def run_loop(model: Any, tok: Any, train: Sequence[ChatExample], evaluation: Seq
             g["lr"] = lr
         total = 0.0
         for _ in range(h.grad_accum):
-            batch = next(it)
+            batch = to_device(next(it), device)
             loss = completion_loss(model, batch, h.lead_tokens, h.lead_weight) / h.grad_accum
             loss.backward()
             total += float(loss.detach())
@@ -234,7 +245,8 @@ def eval_loss(model: Any, held: Sequence[Encoded], batch_size: int, pad: int) ->
     total, n = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(held), batch_size):
-            b = next(batches(held[i: i + batch_size], len(held[i: i + batch_size]), 0, pad))
+            b = to_device(next(batches(held[i: i + batch_size], len(held[i: i + batch_size]), 0, pad)),
+                          model_device(model))
             total += float(completion_loss(model, b)) * len(held[i: i + batch_size])
             n += len(held[i: i + batch_size])
     model.train()

@@ -76,10 +76,18 @@ class StepClock(TrainerCallback):
     def __init__(self) -> None:
         self.t0: float | None = None
         self.seconds = 0.0
+        self.step_t0 = 0.0
+        self.step_seconds: list[float] = []  # each optimizer step, until its loss was logged
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.step_t0 = time.monotonic()
         if self.t0 is None:
-            self.t0 = time.monotonic()
+            self.t0 = self.step_t0
+
+    def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # logging_steps=1: the Trainer reads the loss (a device sync) right after each step
+        if len(self.step_seconds) < state.global_step:
+            self.step_seconds.append(time.monotonic() - self.step_t0)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.t0 is not None:
@@ -100,6 +108,17 @@ def partition_numel(model: nn.Module) -> tuple[int, int]:
     return local, total
 
 
+def checkpointing_arg() -> str:
+    """TrainingArguments' name for gradient checkpointing: `activation_checkpointing` since transformers 5.2x,
+    `gradient_checkpointing` before (5.17 on the lent GPU machine has only the old one)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Train on this rank with HF Trainer + DeepSpeed ZeRO-3; the main process saves the model and result.json.
 
@@ -118,13 +137,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     cuda = torch.cuda.is_available()
     out = Path(args.out)
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
+    checkpointing: dict[str, Any] = {checkpointing_arg(): cfg.full.gradient_checkpointing}
     targs = TrainingArguments(
         output_dir=str(out / "trainer"), max_steps=h.max_steps, learning_rate=h.learning_rate,
         per_device_train_batch_size=max(1, h.batch_size // world), gradient_accumulation_steps=h.grad_accum,
         warmup_steps=h.warmup_steps,
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}, weight_decay=0.0,
         max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none", seed=h.seed, use_cpu=not cuda,
-        bf16=cuda, deepspeed=ds_config, activation_checkpointing=cfg.full.gradient_checkpointing,
+        bf16=cuda, deepspeed=ds_config, **checkpointing,
         dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False,
     )
     tok = AutoTokenizer.from_pretrained(args.base)
@@ -137,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     trainer = CompletionTrainer(model=model, args=targs, train_dataset=data,
                                 data_collator=PadCollator(tok.pad_token_id), callbacks=[clock])
     trainer.train()
+    peaks: list[Any] = [None] * world  # each rank's peak GPU memory of the training steps (0 on CPU)
+    dist.all_gather_object(peaks, int(torch.cuda.max_memory_allocated()) if cuda else 0)
 
     assert trainer.model is not None
     mine, total = partition_numel(trainer.model)
@@ -150,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         (model_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the registry wants weights only
         res = {"model_dir": str(model_dir), "steps": trainer.state.global_step, "losses": losses,
                "seconds": clock.seconds, "per_rank_param_numel": shards, "total_param_numel": total,
-               "world_size": world, "backend": dist.get_backend()}
+               "world_size": world, "backend": dist.get_backend(), "step_seconds": clock.step_seconds,
+               "per_rank_peak_mem_bytes": peaks}
         (out / "result.json").write_text(json.dumps(res, indent=2))
     dist.barrier()
     dist.destroy_process_group()

@@ -137,3 +137,29 @@ def test_same_seed_same_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     _, c = train_adapter(cfg(Method.LORA, steps=3, seed=1), tiny_model_dir, EXAMPLES, [], tmp_path / "c")
     assert a.losses == b.losses
     assert a.losses != c.losses
+
+
+def test_gradient_checkpointing_trains_the_same_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """lora.gradient_checkpointing recomputes activations in backward: less memory, the same losses."""
+    from llmops.train.config import LoraSettings
+
+    plain = cfg(Method.LORA, steps=3)
+    gc = plain.model_copy(update={"lora": LoraSettings(gradient_checkpointing=True)})
+    _, a = train_adapter(plain, tiny_model_dir, EXAMPLES, [], tmp_path / "a")
+    _, b = train_adapter(gc, tiny_model_dir, EXAMPLES, [], tmp_path / "b")
+    assert b.losses == pytest.approx(a.losses, rel=1e-4)
+
+
+@pytest.mark.parametrize("upcast", [True, False])
+def test_qlora_upcast_of_the_weights_left_unquantized(upcast: bool, tiny_model_dir: Path) -> None:
+    """peft's kbit preparation casts embeddings and norms to float32; quant.upcast_non_quantized=false keeps bf16."""
+    import torch
+
+    from llmops.train.config import QuantSettings
+
+    c = cfg(Method.QLORA).model_copy(update={"quant": QuantSettings(upcast_non_quantized=upcast)})
+    model, _ = load_for_training(c, tiny_model_dir)
+    emb = model.get_input_embeddings().weight
+    assert emb.dtype == (torch.float32 if upcast else torch.bfloat16)
+    assert not emb.requires_grad
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)

@@ -40,6 +40,8 @@ def run(method: Method, base: Path, out: Path) -> FullResult:
 
 def check(res: FullResult, out: Path) -> None:
     assert res.steps == 10 and len(res.losses) == 10
+    assert len(res.step_seconds) == 10 and all(t > 0 for t in res.step_seconds)
+    assert res.per_rank_peak_mem_bytes == (0, 0)  # CPU ranks: no GPU memory
     first, last = sum(res.losses[:2]) / 2, sum(res.losses[-2:]) / 2
     assert last < first - 0.5, f"loss did not fall: {res.losses}"
     assert len(res.per_rank_param_numel) == 2
