@@ -78,28 +78,37 @@ def log_served(path: Path, request_id: str, tenant: str, version: str, request_b
         f.write(line + "\n")
 
 
-def instrument(app: Any, served_name: str, version: str, sha256: str) -> Any:
-    """Add /metrics, the version header and request metrics to the app `transformers serve` built."""
+def instrument(app: Any, served_name: str, version: str, sha256: str, own_metrics: bool = True) -> Any:
+    """Add the version header, `/llmops/info`, the serving log and (`own_metrics`) /metrics with request metrics
+    to the app the engine built. LMDeploy has its own /metrics (`lmdeploy:*`), so its wrapper passes False."""
     from fastapi import Request, Response
 
-    INFO.labels(served_name, version, sha256).set(1)
+    if own_metrics:
+        INFO.labels(served_name, version, sha256).set(1)
+
+    @app.get("/llmops/info")
+    def info() -> dict[str, str]:
+        return {"served_name": served_name, "version": version, "sha256": sha256}
+
     log_path = Path(os.environ["LLMOPS_SERVING_LOG"]) if os.environ.get("LLMOPS_SERVING_LOG") else None
     tenant = os.environ.get("LLMOPS_TENANT", "default")
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
 
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if own_metrics:
+        @app.get("/metrics")
+        def metrics() -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.middleware("http")
     async def track(request: Request, call_next: Any) -> Any:
         route = request.url.path
-        tracked = route in _TRACKED
+        tracked = route in _TRACKED and own_metrics
         if tracked and request.headers.get(PROBE_HEADER):
             route = "probe"  # quality-probe traffic: kept out of the user traffic a canary is judged on
         start = time.perf_counter()
-        logged = log_path is not None and route == "/v1/chat/completions" and request.method == "POST"
+        logged = log_path is not None and request.url.path == "/v1/chat/completions" and request.method == "POST" \
+            and not request.headers.get(PROBE_HEADER)
         request_body = await request.body() if logged else b""  # Starlette replays it to the app
         if tracked:
             IN_FLIGHT.inc()
@@ -111,14 +120,22 @@ def instrument(app: Any, served_name: str, version: str, sha256: str) -> Any:
                 REQUESTS.labels(route, "500").inc()
             raise
         response.headers[VERSION_HEADER] = version
-        if tracked:
-            # Streaming bodies finish after this returns: count them when the body iterator ends.
-            body = getattr(response, "body_iterator", None)
-            status = str(response.status_code)
-            if body is None:
+        status = str(response.status_code)
+
+        def done(sent: list[bytes] | None) -> None:
+            if tracked:
                 IN_FLIGHT.dec()
                 REQUESTS.labels(route, status).inc()
                 LATENCY.labels(route).observe(time.perf_counter() - start)
+            if logged and sent is not None and status == "200" and log_path is not None:
+                log_served(log_path, request.headers.get("x-request-id", ""), tenant, version, request_body,
+                           answer_text(b"".join(sent)))
+
+        if tracked or logged:
+            # Streaming bodies finish after this returns: count and log them when the body iterator ends.
+            body = getattr(response, "body_iterator", None)
+            if body is None:
+                done([response.body] if hasattr(response, "body") else None)
             else:
                 async def finishing() -> Any:
                     sent: list[bytes] = []
@@ -128,12 +145,7 @@ def instrument(app: Any, served_name: str, version: str, sha256: str) -> Any:
                                 sent.append(chunk if isinstance(chunk, bytes) else str(chunk).encode())
                             yield chunk
                     finally:
-                        IN_FLIGHT.dec()
-                        REQUESTS.labels(route, status).inc()
-                        LATENCY.labels(route).observe(time.perf_counter() - start)
-                        if logged and status == "200" and log_path is not None:
-                            log_served(log_path, request.headers.get("x-request-id", ""), tenant, version,
-                                       request_body, answer_text(b"".join(sent)))
+                        done(sent)
 
                 response.body_iterator = finishing()
         return response

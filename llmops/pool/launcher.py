@@ -41,7 +41,9 @@ def engine_argv(engine: Engine, served_name: str, node: NodeRecord, settings: Se
                 "--cb-block-size", str(settings.cb_block_size), "--host", node.host, "--port", str(node.port),
                 "--device", "cpu", "--log-level", "warning"]
     if engine is Engine.LMDEPLOY:
-        argv = [settings.lmdeploy_python, "-m", "lmdeploy", "serve", "api_server", served_name,
+        # the node wrapper (infra/nodes/lmdeploy_node.py) checks the hash, then runs LMDeploy's own CLI in-process
+        argv = [settings.lmdeploy_python, "-m", "infra.nodes.lmdeploy_node", "--served-name", served_name,
+                "--version", node.version, "--sha256", node.sha256, "--", "serve", "api_server", served_name,
                 "--backend", settings.lmdeploy_backend, "--tp", str(settings.lmdeploy_tp),
                 "--model-name", served_name, "--server-name", node.host, "--server-port", str(node.port),
                 "--cache-max-entry-count", str(settings.lmdeploy_cache_max_entry_count),
@@ -155,17 +157,19 @@ def check_serving(node: NodeRecord) -> None:
     if r.status_code != 200 or not r.json().get("choices"):
         raise ServiceError(f"node {node.name}: completion failed: HTTP {r.status_code} {r.text[:200]}",
                            "read the node log")
-    if node.engine == Engine.LMDEPLOY.value:
-        # LMDeploy cannot report our hash: the launcher verified the directory before starting it, and the
-        # answering server must be ours, serving that directory under the registered name.
-        models = httpx.get(f"{node.url}/v1/models", timeout=10).json().get("data", [])
-        if not any(m.get("id") == node.model for m in models):
-            raise ServiceError(f"node {node.name} does not serve {node.model!r}: {models}",
-                               "another process answers on that port; stop it")
-        return
     if r.headers.get(VERSION_HEADER) != node.version:
         raise ServiceError(f"node {node.name} answers as version {r.headers.get(VERSION_HEADER)!r}, "
                            f"expected {node.version}", "stop the stray process on that port")
+    if node.engine == Engine.LMDEPLOY.value:
+        # LMDeploy's /metrics is its own; the wrapper reports the verified hash at /llmops/info, and the engine
+        # must serve the registered name
+        info = httpx.get(f"{node.url}/llmops/info", timeout=10).json()
+        models = httpx.get(f"{node.url}/v1/models", timeout=10).json().get("data", [])
+        if info.get("sha256") != node.sha256 or not any(m.get("id") == node.model for m in models):
+            raise ServiceError(f"node {node.name} reports {info} serving {[m.get('id') for m in models]}, "
+                               f"expected {node.model!r} with hash {node.sha256[:16]}...",
+                               "another process answers on that port, or other weights: stop it and re-pull")
+        return
     metrics = httpx.get(f"{node.url}/metrics", timeout=5).text
     if f'sha256="{node.sha256}"' not in metrics:
         raise ServiceError(f"node {node.name} does not report model hash {node.sha256[:16]}...",

@@ -1,0 +1,58 @@
+"""A GPU serving node: the real `lmdeploy serve api_server`, with the version header, `/llmops/info` and the log.
+
+Run by the node launcher from the LMDeploy environment's interpreter (it pins torch and peft, so it never shares
+the pipeline's venv) as:
+    python -m infra.nodes.lmdeploy_node --served-name NAME --version V --sha256 H -- serve api_server NAME ...
+
+Before anything loads it checks that the weights hash to the registered version (else it refuses to serve). It
+then runs LMDeploy's own CLI in-process and wraps the FastAPI app LMDeploy builds just before uvicorn starts it:
+every response carries `X-Llmops-Model-Version`, `/llmops/info` reports the version and hash, and each answered
+user chat completion is appended to `$LLMOPS_SERVING_LOG` (request id from the gateway's `X-Request-Id`), where the
+feedback API finds what a verdict refers to, as on CPU nodes. LMDeploy's own `/metrics` (`lmdeploy:*`) stays as
+it is: the pool's Prometheus rules read those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from infra.nodes.transformers_node import instrument, verify_model
+
+
+def wrap_uvicorn(served_name: str, version: str, sha256: str) -> None:
+    """Patch `uvicorn.run` so that the app LMDeploy passes it is instrumented first (before it starts: Starlette
+    takes no middleware on a running app)."""
+    import uvicorn
+
+    run = uvicorn.run
+
+    def instrumented_run(app: Any = None, *a: Any, **kw: Any) -> Any:
+        target = kw.pop("app", app)
+        if not isinstance(target, str):  # an import string is not an app object: leave it
+            target = instrument(target, served_name, version, sha256, own_metrics=False)
+        return run(target, *a, **kw)
+
+    uvicorn.run = instrumented_run  # type: ignore[assignment]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--served-name", required=True)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--sha256", required=True)
+    args, lmdeploy_args = parser.parse_known_args(argv)
+    if lmdeploy_args and lmdeploy_args[0] == "--":
+        lmdeploy_args = lmdeploy_args[1:]
+    verify_model(Path(args.served_name), args.sha256)
+    wrap_uvicorn(args.served_name, args.version, args.sha256)
+    from lmdeploy.cli import run
+
+    sys.argv = ["lmdeploy", *lmdeploy_args]
+    run()
+
+
+if __name__ == "__main__":
+    main()
