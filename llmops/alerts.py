@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.errors import LlmopsError
+from llmops.scaling import ScalePolicy
 
 DEFAULT_TENANT = "default"
 
@@ -79,3 +80,27 @@ def alert_events(payload: dict[str, Any], now: datetime | None = None) -> list[d
                         "group_key": body.groupKey},
         })
     return events
+
+
+HELD = "llmops.alert.held"
+
+
+def hold_reason(event: dict[str, Any], serving: int, standby: int, last_scale_out_at: float | None,
+                policy: ScalePolicy, now: float) -> str | None:
+    """Why a firing scale-out alert of a pool cannot lead to any action now, or None if it can.
+
+    A held alert is still posted (as `llmops.alert.held`, with the reason) but starts no `scale` run: at the cap
+    (serving nodes at max_replicas or what the budget pays, no standby to promote) or inside the scale-out
+    cool-down, the flow could only decide `hold`, and on a saturated host each useless run is a process start that
+    competes with the nodes for CPU. Alertmanager re-sends a still-firing alert (repeat_interval), and `reconcile`
+    runs on its schedule, so a held alert is acted on once an action is possible again."""
+    if event.get("event") != "llmops.alert.firing" or event["resource"].get("llmops.action") != "scale_out":
+        return None
+    budget_cap = max(policy.affordable_nodes - policy.warm_standby, 0)
+    cap = min(policy.max_replicas, budget_cap) if budget_cap >= policy.min_replicas else policy.min_replicas
+    if serving >= cap and standby == 0 and serving >= policy.min_replicas:
+        return f"at the cap: {serving} serving, max_replicas {policy.max_replicas}, budget pays {budget_cap}"
+    if last_scale_out_at is not None and now - last_scale_out_at < policy.up_cooldown_s and serving >= \
+            policy.min_replicas:
+        return f"inside the scale-out cool-down ({policy.up_cooldown_s - (now - last_scale_out_at):.0f} s left)"
+    return None

@@ -75,7 +75,8 @@ def main() -> None:
 
     settings = ServingSettings(engine=Engine.LMDEPLOY, lmdeploy_python=sys.executable, lmdeploy_eager_mode=args.eager,
                                lmdeploy_cache_max_entry_count=0.1, lmdeploy_max_batch_size=64, start_timeout_s=400)
-    launcher = LocalProcessLauncher(args.work / "nodes", settings, ROOT)
+    launcher = LocalProcessLauncher(args.work / "nodes", settings, ROOT, serving_log_dir=args.work / "serving",
+                                    tenant="acme")
     node = NodeRecord(name="gpu-node1", model="support-assistant", engine="lmdeploy", version="1", sha256=digest,
                       host="127.0.0.1", port=free_port(23333))
     t = time.perf_counter()
@@ -89,6 +90,17 @@ def main() -> None:
             runs = sorted((asyncio.run(burst(node.url, node.model, n, 64)) for _ in range(3)),
                           key=lambda r: r["tokens_per_s"])
             results.append({**runs[1], "tokens_per_s_runs": [r["tokens_per_s"] for r in runs]})
+        # the wrapper's serving log: a user request with the gateway's request id is logged, a probe is not
+        served = httpx.post(f"{node.url}/v1/chat/completions", timeout=60, headers={"X-Request-Id": "gpu-req-1"},
+                            json={"model": node.model, "max_tokens": 8,
+                                  "messages": [{"role": "user", "content": "What is the refund window?"}]})
+        log_file = args.work / "serving" / f"{node.name}.jsonl"
+        log_lines = [json.loads(x) for x in log_file.read_text().splitlines()] if log_file.exists() else []
+        serving_log = {"status": served.status_code,
+                       "version_header": served.headers.get("x-llmops-model-version"),
+                       "info": httpx.get(f"{node.url}/llmops/info", timeout=10).json(),
+                       "lines": len(log_lines),
+                       "logged_request": next((x for x in log_lines if x["request_id"] == "gpu-req-1"), None)}
         metrics = httpx.get(f"{node.url}/metrics", timeout=10).text
         names = sorted({ln.split("{")[0].split(" ")[0] for ln in metrics.splitlines()
                         if ln.startswith("lmdeploy:")})
@@ -100,6 +112,7 @@ def main() -> None:
            "date": time.strftime("%Y-%m-%d"), "engine": "lmdeploy pytorch backend", "eager_mode": args.eager,
            "model": "random llama, SmolLM2-135M shape, bf16", "model_sha256": digest, "build_s": build_s,
            "cold_start_to_ready_s": cold_start_s, "completions": results, "lmdeploy_metrics": names,
+           "serving_log": serving_log,
            "ratios": {"tokens_per_s_64_vs_1": results[-1]["tokens_per_s"] / results[0]["tokens_per_s"]}}
     args.out.write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc, indent=2))

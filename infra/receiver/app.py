@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from infra.stack.services import endpoints_for
-from llmops.alerts import alert_events
+from llmops.alerts import HELD, alert_events, hold_reason
 from llmops.data.serving_log import FeedbackCall, ServingLog, feedback_record
 from llmops.endpoints import Endpoints
 from llmops.errors import LlmopsError, ServiceError
@@ -137,6 +137,18 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
                         "model_version": rec.model_version})
         return out
 
+    pool_tenant = {p.model: p for p in cfg.pools()}
+
+    def pool_hold_reason(event: dict[str, Any]) -> str | None:
+        pool = pool_tenant.get(event["payload"]["pool"])
+        if pool is None or pool.tenant != event["payload"]["tenant"]:
+            return None  # not a pool of that tenant: the scale flow refuses it with the reason
+        state = store.read()
+        mine = [n for n in state.nodes.values() if n.model == pool.model]
+        standby = sum(1 for n in mine if n.standby)
+        return hold_reason(event, len(mine) - standby, standby, state.scaling_of(pool.model).last_scale_out_at,
+                           pool.scaling, time.time())
+
     def send(events: list[dict[str, Any]]) -> None:
         if post_events is not None:
             post_events(events)
@@ -169,6 +181,10 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
             raise HTTPException(422, f"not an Alertmanager webhook payload (version 4): {err}") from None
         except LlmopsError as err:
             raise HTTPException(422, f"{err.problem}; fix: {err.fix}") from None
+        for e in events:  # alerts that could only lead to `hold` start no flow run (llmops.alerts.hold_reason)
+            why = pool_hold_reason(e)
+            if why:
+                e["event"], e["payload"]["held"] = HELD, why
         await run_in_threadpool(send, events)  # may wait out Prefect's 503 retries: never on the event loop
         for e in events:
             alerts_in.labels(e["payload"]["alert"], e["payload"]["status"]).inc()

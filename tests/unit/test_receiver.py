@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +73,41 @@ def test_metrics_publish_pool_size_spend_and_budget(client: tuple[TestClient, li
     assert 'llmops_pool_budget_per_hour{model="support-assistant"}' in text
     spent = next(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("llmops_pool_node_seconds{"))
     assert spent > 1e9  # two nodes since t=1 s (epoch): counted up to now
+
+
+def scale_out_alert(pool: str, tenant: str = "default", name: str = "Saturated") -> dict[str, Any]:
+    return {"version": "4", "status": "firing", "alerts": [{
+        "status": "firing", "labels": {"alertname": name, "pool": pool, "tenant": tenant, "action": "scale_out"},
+        "annotations": {}}]}
+
+
+def test_a_scale_out_alert_that_could_only_hold_starts_no_run(client: tuple[TestClient, list[Any]],
+                                                              tmp_path: Path) -> None:
+    """At the cap with no standby, or inside the cool-down, the alert is posted as `llmops.alert.held` with the
+    reason (prefect.yaml's scale trigger matches `llmops.alert.firing` only); with a standby to promote it fires."""
+    c, posted = client
+    auth = {"Authorization": "Bearer t0ken"}
+    model = StackConfig(state_dir=tmp_path).model.name
+    r = c.post("/alertmanager", json=scale_out_alert(model), headers=auth)
+    assert [e["event"] for e in r.json()["events"]] == ["llmops.alert.firing"]  # 1 serving + 1 standby: act
+    store = PoolStore(tmp_path / "pool" / "pool.json")
+    with store.update() as st:
+        st.nodes["node2"] = st.nodes["node2"].model_copy(update={"standby": False, "weight": 100})
+        for i in (3, 4):
+            st.nodes[f"node{i}"] = st.nodes["node1"].model_copy(update={"name": f"node{i}", "port": i})
+    r = c.post("/alertmanager", json=scale_out_alert(model), headers=auth)  # 4 serving = max_replicas 4
+    assert [e["event"] for e in r.json()["events"]] == ["llmops.alert.held"]
+    assert "at the cap: 4 serving" in posted[-1][1][0]["payload"]["held"]
+    with store.update() as st:
+        del st.nodes["node4"]
+        st.scaling_of(model).last_scale_out_at = time.time() - 5  # default up_cooldown_s 20
+    r = c.post("/alertmanager", json=scale_out_alert(model), headers=auth)
+    assert [e["event"] for e in r.json()["events"]] == ["llmops.alert.held"]
+    assert "cool-down" in posted[-1][1][0]["payload"]["held"]
+    # a NodeDown (action replace) and an alert naming another tenant's pool are never held
+    down = scale_out_alert(model)
+    down["alerts"][0]["labels"]["action"] = "replace"
+    assert [e["event"] for e in c.post("/alertmanager", json=down, headers=auth).json()["events"]] == \
+        ["llmops.alert.firing"]
+    other = c.post("/alertmanager", json=scale_out_alert(model, tenant="globex"), headers=auth)
+    assert [e["event"] for e in other.json()["events"]] == ["llmops.alert.firing"]
