@@ -101,4 +101,4 @@ def test_page_renders_in_headless_chromium_with_the_plot(tmp_path: Path) -> None
     assert hi - lo > 100, "the screenshot is blank"
     # the plot area (below the title) has many distinct grey levels (lines, text, bars), a blank page has one or two
     crop = img.crop((0, 120, 1200, 1100))
-    assert len(set(crop.getdata())) > 20
+    assert len(crop.getcolors(256) or []) > 20
