@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -76,7 +77,9 @@ def test_drain_takes_a_node_out_under_load_without_a_failed_request(stack: Any) 
         f"{stack.ep.gateway_url}/v1", stack.ep.model_name, schedule.steady(2.0, 60, max_tokens=8), stop=stop)))
     worker.start()
     try:
+        time.sleep(5)  # requests are flowing to both nodes when the drain starts
         r = cli(stack, "node", "drain", extra.name, "--timeout-s", "30")
+        time.sleep(3)  # and keep flowing to the remaining node after it
     finally:
         stop.set()
         worker.join()
