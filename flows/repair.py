@@ -148,6 +148,7 @@ def _repair(ep: Endpoints, tenant: str, trigger: str, event_id: str, reason: str
                 "llmops.repair.trigger": trigger, "llmops.dataset_digest": digest,
                 "llmops.feedback_ids": ",".join(feedback_ids)[:4000], "llmops.method": train_cfg.method.value,
                 "llmops.gate": "pass" if decision.promote else "fail",
+                "llmops.gate_reason": "; ".join(decision.reasons)[:4000],
                 "llmops.eval.fix_exact_match": f"{fix.overall.get('exact_match', 0):.4f}",
                 "llmops.eval.exact_match": f"{suite_new.overall.get('exact_match', 0):.4f}"}
         ref = register_challenger(train_cfg.model_name, out.merged_dir, out.adapter_dir, rid, tags, decision.promote)

@@ -29,7 +29,8 @@ class CanaryPool(Protocol):
 
     def reconcile(self) -> object: ...
 
-    def add_node(self, version_or_alias: str, engine: str = ..., weight: int = ...) -> NodeRecord: ...
+    def add_node(self, version_or_alias: str, engine: str = ..., weight: int = ..., standby: bool = ...
+                 ) -> NodeRecord: ...
 
     def set_weight(self, name: str, weight: int) -> None: ...
 
@@ -95,7 +96,9 @@ class CanaryRollout:
         cand = self.registry.resolve(self.pool.model, version_or_alias)  # unknown: raises before anything starts
         champion = self.registry.resolve(self.pool.model, "champion")
         self.pool.reconcile()  # act on what really serves, not on what a crashed flow left recorded
-        baseline = [n for n in self.pool.nodes() if n.version != cand.version]
+        # warm standby nodes (weight 0, promoted by scale-out) take no canary traffic: they are not the baseline;
+        # after a promotion they are replaced by standby nodes of the new champion
+        baseline = [n for n in self.pool.nodes() if n.version != cand.version and not n.standby]
         report = RolloutReport(self.pool.model, cand.version, champion.version, False, "")
         if not baseline:
             raise LlmopsError(f"every node of {self.pool.model} already serves v{cand.version}",
@@ -136,6 +139,10 @@ class CanaryRollout:
             self.pool.remove_node(node.name)
         for _ in range(len(baseline) - 1):  # keep the pool's size: every node now serves the new champion
             self.pool.add_node(cand.version, engine=self.engine)
+        old_standby = [n for n in self.pool.nodes() if n.standby and n.version != cand.version]
+        for node in old_standby:  # a standby promoted later must serve the champion too
+            self.pool.remove_node(node.name)
+            self.pool.add_node(cand.version, engine=self.engine, weight=0, standby=True)
         report.promoted, report.reason, report.seconds = True, "all steps passed", self.clock() - t0
         return report
 

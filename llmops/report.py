@@ -134,7 +134,16 @@ def plot_timeline(tl: Timeline, title: str = "") -> bytes:
     import matplotlib.pyplot as plt
 
     def rel(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
-        return [t - tl.t0 for t, _ in points], [v for _, v in points]
+        """Seconds since t0 and values; a gap in the samples (no data: no requests, say) breaks the line."""
+        xs: list[float] = []
+        ys: list[float] = []
+        for i, (t, v) in enumerate(points):
+            if i and t - points[i - 1][0] > 3 * 2.0:
+                xs.append(points[i - 1][0] - tl.t0 + 2.0)
+                ys.append(float("nan"))
+            xs.append(t - tl.t0)
+            ys.append(v)
+        return xs, ys
 
     bars = sorted({(s.kind, s.label) for s in tl.spans})
     fig, axes = plt.subplots(5, 1, figsize=(11, 10), sharex=True,

@@ -324,7 +324,13 @@ def run_regression(ep: Endpoints, say: Say = print, asked: int = 16, unseen: int
     fixed_at = time.monotonic()
     champion = reg.resolve(ep.model_name, "champion")
     say(f"  t=+{fixed_at - t0:.0f}s repair run {st.state}; champion v{before} -> v{champion.version}")
-    if fired_at is not None and champion.version != before:
+    if champion.version == before:
+        latest = max(reg.client.search_model_versions(f"name = '{ep.model_name}'"), key=lambda v: int(v.version))
+        why = latest.tags.get("llmops.gate_reason") or latest.tags.get("rollout_reason") or "see the repair run"
+        raise LlmopsError(f"the repair did not replace v{before}: v{latest.version} "
+                          f"{'failed its gate' if latest.tags.get('llmops.gate') == 'fail' else 'was not promoted'}: "
+                          f"{why}", f"open the repair run: {api.run_link(str(run['id']))}")
+    if fired_at is not None:
         say(f"  alert -> fixed version at 100%: {fixed_at - fired_at:.0f}s")
     answers = []
     for q in held:

@@ -33,12 +33,14 @@ class FakePool:
         if dead:
             self.nodes_.pop(dead, None)
 
-    def add_node(self, version_or_alias: str, engine: str = "transformers", weight: int = 100) -> NodeRecord:
+    def add_node(self, version_or_alias: str, engine: str = "transformers", weight: int = 100,
+                 standby: bool = False) -> NodeRecord:
         if self.fail_start:
             raise ServiceError("node n9 exited while starting", "read the log")
         self.n += 1
         node = NodeRecord(name=f"n{self.n}", model=self.model, engine=engine, version=version_or_alias,
-                          sha256="x", host="h", port=self.n, weight=weight, status=NodeStatus.SERVING)
+                          sha256="x", host="h", port=self.n, weight=weight, status=NodeStatus.SERVING,
+                          standby=standby)
         self.nodes_[node.name] = node
         return node
 
@@ -110,6 +112,22 @@ def test_good_canary_is_promoted_and_the_pool_converges() -> None:
     assert reg.tags[("2", "previous_champion")] == "1"  # what `llmops rollback` rolls out again
     assert {n.version for n in pool.nodes()} == {"2"} and len(pool.nodes()) == 1
     assert report.timeline and report.timeline[-1].share == 100
+
+
+def test_a_warm_standby_takes_no_canary_traffic_and_is_renewed_on_promotion() -> None:
+    r, pool, reg = rollout()
+    pool.add_node("1")
+    standby = pool.add_node("1", weight=0, standby=True)
+    weights: list[int] = []
+    set_weight = pool.set_weight
+    pool.set_weight = lambda name, w: (weights.append(w) if name == standby.name else None,  # type: ignore
+                                       set_weight(name, w))[1]
+    report = r.run("challenger")
+    assert report.promoted and weights == []  # the standby never got a share of the canary's traffic
+    nodes = pool.nodes()
+    assert {n.version for n in nodes} == {"2"} and standby.name not in {n.name for n in nodes}
+    assert sorted(n.standby for n in nodes) == [False, False, True]  # two serving (canary + one), one standby
+    assert [n.weight for n in nodes if n.standby] == [0]
 
 
 @pytest.mark.parametrize(("kw", "quality", "reason"), [
