@@ -64,7 +64,7 @@ class PrefectApi:
     def set_paused(self, flow_name: str, deployment: str, paused: bool) -> int:
         """Pause or resume a deployment: its schedules (Prefect's pause) and its event triggers. Prefect's pause
         only stops schedules; the automations its triggers became keep creating runs, so they are disabled too
-        (re-registering the deployments, `llmops stack up`, enables them again). Returns how many automations
+        (resuming enables them again; so does re-registering the deployments). Returns how many automations
         were switched."""
         dep = self.deployment_id(flow_name, deployment)
         self.json("POST", f"/deployments/{dep}/{'pause' if paused else 'resume'}_deployment")
