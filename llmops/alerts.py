@@ -96,10 +96,10 @@ def hold_reason(event: dict[str, Any], serving: int, standby: int, last_scale_ou
     runs on its schedule, so a held alert is acted on once an action is possible again."""
     if event.get("event") != "llmops.alert.firing" or event["resource"].get("llmops.action") != "scale_out":
         return None
-    budget_cap = max(policy.affordable_nodes - policy.warm_standby, 0)
-    cap = min(policy.max_replicas, budget_cap) if budget_cap >= policy.min_replicas else policy.min_replicas
+    cap = policy.serving_cap
     if serving >= cap and standby == 0 and serving >= policy.min_replicas:
-        return f"at the cap: {serving} serving, max_replicas {policy.max_replicas}, budget pays {budget_cap}"
+        return (f"at the cap: {serving} serving, cap {cap} (max_replicas {policy.max_replicas}, budget pays "
+                f"{policy.affordable_nodes} node(s) incl. {policy.warm_standby} standby)")
     if last_scale_out_at is not None and now - last_scale_out_at < policy.up_cooldown_s and serving >= \
             policy.min_replicas:
         return f"inside the scale-out cool-down ({policy.up_cooldown_s - (now - last_scale_out_at):.0f} s left)"

@@ -281,30 +281,33 @@ def demo(config: ConfigOpt = None, state_dir: StateOpt = None,
 
     console = Console(highlight=False)
     t0 = time.monotonic()
-    stack = _stack(config, state_dir)
+    try:
+        stack = _stack(config, state_dir)
+    except LlmopsError as err:
+        _fail(err)
     report = DemoReport("elastic-llmops demo", stack.cfg.model.name, time.time())
+    gate: dict[str, str] = {}
+
+    def train(say: Callable[[str], None]) -> None:
+        gate.update(run_training(stack.ep, train_config, say=say))
+        say(f"gate: {gate.get('llmops.gate', '?')}")
+
+    def roll(say: Callable[[str], None]) -> None:
+        if gate.get("llmops.gate") == "pass":
+            run_rollout(stack.ep, "challenger", say=say)
+        else:
+            say("the challenger did not pass the gate: nothing to roll out")
+
     steps: list[tuple[str, Callable[[Callable[[str], None]], object]]] = [
         ("stack up", lambda say: say(f"up in {stack.up(say=say)['total_s']:.1f}s")),
         ("smoke journey", lambda say: run_smoke(stack.ep, say=say)),
-        ("train, evaluate and gate a challenger (train-pipeline)",
-         lambda say: say(f"gate: {_train(stack, train_config, say)}")),
-        ("canary rollout of the challenger under load (rollout)", lambda say: _roll(stack, say)),
+        ("train, evaluate and gate a challenger (train-pipeline)", train),
+        ("canary rollout of the challenger under load (rollout)", roll),
         ("a traffic burst: alerts -> scale flow -> the pool grows; reconcile drains it",
          lambda say: run_burst(stack.ep, say=say, min_replicas=stack.cfg.scaling.min_replicas)),
         ("a policy changes: bad feedback -> RegressionDetected -> repair flow -> canary",
          lambda say: run_regression(stack.ep, say=say)),
     ]
-    gate: dict[str, str] = {}
-
-    def _train(stack, cfg: Path, say: Callable[[str], None]) -> str:  # type: ignore[no-untyped-def]
-        gate.update(run_training(stack.ep, cfg, say=say))
-        return gate.get("llmops.gate", "?")
-
-    def _roll(stack, say: Callable[[str], None]) -> None:  # type: ignore[no-untyped-def]
-        if gate.get("llmops.gate") == "pass":
-            run_rollout(stack.ep, "challenger", say=say)
-        else:
-            say("the challenger did not pass the gate: nothing to roll out")
 
     failed: tuple[str, LlmopsError] | None = None
     for i, (name, step) in enumerate(steps, 1):
@@ -354,7 +357,6 @@ def demo(config: ConfigOpt = None, state_dir: StateOpt = None,
     _print_urls(stack.ep)
     typer.secho(f"demo finished in {time.monotonic() - t0:.1f}s; the stack keeps running "
                 f"(stop it with `make down` or `llmops stack down`)", fg="green")
-
 
 
 # ---- operations ------------------------------------------------------------------------------------------------

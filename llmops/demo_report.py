@@ -18,7 +18,15 @@ import httpx
 
 from llmops.endpoints import Endpoints
 from llmops.prefect_api import PrefectApi
-from llmops.report import DemoReport, collect_timeline, gate_rows, markdown_summary, plot_timeline, render_html
+from llmops.report import (
+    DemoReport,
+    collect_timeline,
+    gate_rows,
+    markdown_summary,
+    plot_timeline,
+    render_html,
+    timestamp,
+)
 
 
 def prometheus_range(url: str):  # type: ignore[no-untyped-def]
@@ -56,8 +64,8 @@ def rollout_tables(api: PrefectApi, t0: float) -> list[dict[str, Any]]:
         "artifacts": {"key": {"any_": ["rollout-steps"]}}, "sort": "CREATED_DESC", "limit": 50})
     out = []
     for a in reversed(arts):
-        created = datetime.fromisoformat(str(a["created"]).replace("Z", "+00:00")).timestamp()
-        if created < t0:
+        created = timestamp(a["created"])
+        if created is None or created < t0:
             continue
         data = a.get("data")
         rows = json.loads(data) if isinstance(data, str) else data
@@ -114,10 +122,9 @@ def orchestration_split(api: PrefectApi, runs: list[dict[str, Any]], wall_s: flo
     in_flows = sum(float(r.get("total_run_time") or 0.0) for r in runs)
     waits = 0.0
     for r in runs:  # from when the run was due (a triggered run: its creation; a scheduled one: its slot) to start
-        due, started = r.get("expected_start_time"), r.get("start_time")
-        if due and started:
-            waits += max(0.0, (datetime.fromisoformat(str(started).replace("Z", "+00:00"))
-                               - datetime.fromisoformat(str(due).replace("Z", "+00:00"))).total_seconds())
+        due, started = timestamp(r.get("expected_start_time")), timestamp(r.get("start_time"))
+        if due is not None and started is not None:
+            waits += max(0.0, started - due)
     overhead = stack_up_s + waits + max(in_flows - work, 0.0)
     return {"wall_s": round(wall_s, 1), "stack_up_s": round(stack_up_s, 1), "flow_start_waits_s": round(waits, 1),
             "in_flows_s": round(in_flows, 1), "work_tasks_s": round(work, 1),

@@ -109,16 +109,17 @@ def collect_timeline(query: RangeQuery, flow_runs: Sequence[dict[str, Any]], mod
         for a, b in _spans_from_series(values, step):
             tl.spans.append(Span(labels.get("alertname", "?"), a, b, "alert"))
     for r in flow_runs:
-        start, end = _ts(r.get("start_time")), _ts(r.get("end_time")) or t1
+        start, end = timestamp(r.get("start_time")), timestamp(r.get("end_time")) or t1
         if start is None or end < t0 or start > t1:
             continue
-        state = str((r.get("state") or {}).get("type", "") if isinstance(r.get("state"), dict) else r.get("state", ""))
+        state = str((r.get("state") or {}).get("type", ""))
         label = str(r.get("flow_name") or r.get("name") or "run")
         tl.spans.append(Span(label, start, end, "flow", state))
     return tl
 
 
-def _ts(v: object) -> float | None:
+def timestamp(v: object) -> float | None:
+    """Epoch seconds of an API time (ISO 8601, `Z` or an offset) or a number; None for none."""
     if not v:
         return None
     if isinstance(v, (int, float)):

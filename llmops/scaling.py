@@ -58,6 +58,13 @@ class ScalePolicy(StrictModel):
         return self
 
     @property
+    def serving_cap(self) -> int:
+        """Serving nodes the pool may have: max_replicas, and what the budget pays after the standby; never below
+        min_replicas (the floor holds even if the budget cannot pay the standby on top of it)."""
+        budget_cap = max(self.affordable_nodes - self.warm_standby, 0)  # standby nodes cost money too
+        return min(self.max_replicas, budget_cap) if budget_cap >= self.min_replicas else self.min_replicas
+
+    @property
     def affordable_nodes(self) -> int:
         """Nodes (serving + standby) the hourly budget pays for."""
         if self.node_price_per_hour <= 0:
@@ -178,8 +185,7 @@ def desired_replicas(obs: Observation, pool: PoolView, policy: ScalePolicy, now:
     cur = pool.serving
     low = _is_low(obs, cur, policy)
     low_since = (pool.low_since if pool.low_since is not None else now) if low else None
-    budget_cap = max(policy.affordable_nodes - policy.warm_standby, 0)  # standby nodes cost money too
-    hard_cap = min(policy.max_replicas, budget_cap) if budget_cap >= policy.min_replicas else policy.min_replicas
+    hard_cap = policy.serving_cap
     want, reasons = demand(obs, cur, policy)
     if cur < policy.min_replicas:
         want, reasons = max(want, policy.min_replicas), [f"{cur} serving < min {policy.min_replicas}", *reasons]

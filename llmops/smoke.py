@@ -166,9 +166,7 @@ def run_burst(ep: Endpoints, say: Say = print, base_rps: float = 0.5, burst_rps:
     store = PoolStore(ep.state_dir / "pool" / "pool.json")
 
     def sizes() -> tuple[int, int]:
-        nodes = [n for n in store.read().nodes.values() if n.model == ep.model_name]
-        standby = sum(1 for n in nodes if n.standby)
-        return len(nodes) - standby, standby
+        return store.read().serving_and_standby(ep.model_name)
 
     before = len(store.read().scaling_of(ep.model_name).actions)
     others = {(n.model, n.name, n.version) for n in store.read().nodes.values() if n.model != ep.model_name}

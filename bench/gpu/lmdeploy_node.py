@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -57,6 +58,30 @@ def build_model(work: Path) -> tuple[Path, str, float]:
     return cached.path, digest, time.perf_counter() - t
 
 
+def start_ready_node(work: Path, model_path: Path, digest: str, eager: bool = False,
+                     serving_log_dir: Path | None = None, tenant: str = "default") -> tuple[Any, Any, float]:
+    """The project's launcher starts an LMDeploy node (PyTorch backend, 0.1 KV cache, batch 64) on the model and
+    waits until it is ready: (launcher, node, seconds to ready). The caller stops it with `launcher.stop(node)`."""
+    from llmops.pool.launcher import LocalProcessLauncher
+    from llmops.pool.state import NodeRecord
+    from llmops.proc import free_port
+    from llmops.stackconfig import Engine, ServingSettings
+
+    settings = ServingSettings(engine=Engine.LMDEPLOY, lmdeploy_python=sys.executable, lmdeploy_eager_mode=eager,
+                               lmdeploy_cache_max_entry_count=0.1, lmdeploy_max_batch_size=64, start_timeout_s=400)
+    launcher = LocalProcessLauncher(work / "nodes", settings, ROOT, serving_log_dir=serving_log_dir, tenant=tenant)
+    node = NodeRecord(name="gpu-node1", model="support-assistant", engine="lmdeploy", version="1", sha256=digest,
+                      host="127.0.0.1", port=free_port(23333))
+    t = time.perf_counter()
+    node = launcher.start(node, model_path)
+    try:
+        launcher.wait_ready(node, timeout_s=400)
+    except BaseException:
+        launcher.stop(node)
+        raise
+    return launcher, node, time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
@@ -66,24 +91,10 @@ def main() -> None:
 
     import httpx
 
-    from llmops.pool.launcher import LocalProcessLauncher
-    from llmops.pool.state import NodeRecord
-    from llmops.proc import free_port
-    from llmops.stackconfig import Engine, ServingSettings
-
     model_path, digest, build_s = build_model(args.work)
-
-    settings = ServingSettings(engine=Engine.LMDEPLOY, lmdeploy_python=sys.executable, lmdeploy_eager_mode=args.eager,
-                               lmdeploy_cache_max_entry_count=0.1, lmdeploy_max_batch_size=64, start_timeout_s=400)
-    launcher = LocalProcessLauncher(args.work / "nodes", settings, ROOT, serving_log_dir=args.work / "serving",
-                                    tenant="acme")
-    node = NodeRecord(name="gpu-node1", model="support-assistant", engine="lmdeploy", version="1", sha256=digest,
-                      host="127.0.0.1", port=free_port(23333))
-    t = time.perf_counter()
-    node = launcher.start(node, model_path)
+    launcher, node, cold_start_s = start_ready_node(args.work, model_path, digest, args.eager,
+                                                    serving_log_dir=args.work / "serving", tenant="acme")
     try:
-        launcher.wait_ready(node, timeout_s=400)
-        cold_start_s = time.perf_counter() - t
         asyncio.run(burst(node.url, node.model, 8, 64))  # warm-up: first requests compile and allocate
         results = []
         for n in (1, 8, 32, 64):  # median of 3 bursts per concurrency

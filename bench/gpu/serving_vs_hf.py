@@ -80,21 +80,10 @@ async def stream_burst(url: str, model: str, n: int, max_tokens: int) -> dict[st
 
 
 def lmdeploy_phase(model_path: Path, digest: str, work: Path, max_tokens: int) -> dict[str, Any]:
-    from llmops.pool.launcher import LocalProcessLauncher
-    from llmops.pool.state import NodeRecord
-    from llmops.proc import free_port
-    from llmops.stackconfig import Engine, ServingSettings
+    from lmdeploy_node import start_ready_node
 
-    settings = ServingSettings(engine=Engine.LMDEPLOY, lmdeploy_python=sys.executable,
-                               lmdeploy_cache_max_entry_count=0.1, lmdeploy_max_batch_size=64, start_timeout_s=400)
-    launcher = LocalProcessLauncher(work / "nodes", settings, ROOT)
-    node = NodeRecord(name="gpu-node1", model="support-assistant", engine="lmdeploy", version="1", sha256=digest,
-                      host="127.0.0.1", port=free_port(23333))
-    t = time.perf_counter()
-    node = launcher.start(node, model_path)
+    launcher, node, cold = start_ready_node(work, model_path, digest)
     try:
-        launcher.wait_ready(node, timeout_s=400)
-        cold = time.perf_counter() - t
         asyncio.run(stream_burst(node.url, node.model, 8, max_tokens))  # warm-up
         levels = []
         for n in LEVELS:

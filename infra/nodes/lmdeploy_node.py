@@ -14,12 +14,10 @@ it is: the pool's Prometheus rules read those.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from infra.nodes.transformers_node import instrument, verify_model
+from infra.nodes.transformers_node import instrument, verified_node_args
 
 
 def wrap_uvicorn(served_name: str, version: str, sha256: str) -> None:
@@ -39,14 +37,7 @@ def wrap_uvicorn(served_name: str, version: str, sha256: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--served-name", required=True)
-    parser.add_argument("--version", required=True)
-    parser.add_argument("--sha256", required=True)
-    args, lmdeploy_args = parser.parse_known_args(argv)
-    if lmdeploy_args and lmdeploy_args[0] == "--":
-        lmdeploy_args = lmdeploy_args[1:]
-    verify_model(Path(args.served_name), args.sha256)
+    args, lmdeploy_args = verified_node_args(argv, __doc__)
     wrap_uvicorn(args.served_name, args.version, args.sha256)
     from lmdeploy.cli import run
 

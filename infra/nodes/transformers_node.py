@@ -162,15 +162,22 @@ def verify_model(model_dir: Path, expected: str) -> None:
         sys.exit(f"llmops node: model {model_dir} hashes to {actual}, expected {expected}; refusing to serve")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def verified_node_args(argv: list[str] | None, description: str | None) -> tuple[argparse.Namespace, list[str]]:
+    """A node wrapper's own arguments (served name, version, hash) and the engine's (after `--`); exits before the
+    engine loads if the weights do not hash to the version."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--served-name", required=True)
     parser.add_argument("--version", required=True)
     parser.add_argument("--sha256", required=True)
-    args, serve_args = parser.parse_known_args(argv)
-    if serve_args and serve_args[0] == "--":
-        serve_args = serve_args[1:]
+    args, engine_args = parser.parse_known_args(argv)
+    if engine_args and engine_args[0] == "--":
+        engine_args = engine_args[1:]
     verify_model(Path(args.served_name), args.sha256)
+    return args, engine_args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, serve_args = verified_node_args(argv, __doc__)
 
     import transformers.cli.serving.server as server_mod
     from transformers.cli.transformers import app as transformers_cli

@@ -137,17 +137,16 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
                         "model_version": rec.model_version})
         return out
 
-    pool_tenant = {p.model: p for p in cfg.pools()}
+    pools = {p.model: p for p in cfg.pools()}
 
     def pool_hold_reason(event: dict[str, Any]) -> str | None:
-        pool = pool_tenant.get(event["payload"]["pool"])
+        pool = pools.get(event["payload"]["pool"])
         if pool is None or pool.tenant != event["payload"]["tenant"]:
             return None  # not a pool of that tenant: the scale flow refuses it with the reason
         state = store.read()
-        mine = [n for n in state.nodes.values() if n.model == pool.model]
-        standby = sum(1 for n in mine if n.standby)
-        return hold_reason(event, len(mine) - standby, standby, state.scaling_of(pool.model).last_scale_out_at,
-                           pool.scaling, time.time())
+        serving, standby = state.serving_and_standby(pool.model)
+        return hold_reason(event, serving, standby, state.scaling_of(pool.model).last_scale_out_at, pool.scaling,
+                           time.time())
 
     def send(events: list[dict[str, Any]]) -> None:
         if post_events is not None:
@@ -261,18 +260,16 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
             for verdict in ("good", "bad"):
                 feedback_n.labels(t, model_of(t), version, verdict)
         state, now = store.read(), time.time()
-        pools = {p.model: p for p in cfg.pools()}
         models = {n.model for n in state.nodes.values()} | set(state.scaling) | set(pools)
         for model in models:
             policy = pools[model].scaling if model in pools else cfg.scaling  # a pool since removed: the stack's
-            mine = [n for n in state.nodes.values() if n.model == model]
-            standby = sum(1 for n in mine if n.standby)
-            nodes.labels(model, "serving").set(len(mine) - standby)
+            serving, standby = state.serving_and_standby(model)
+            nodes.labels(model, "serving").set(serving)
             nodes.labels(model, "standby").set(standby)
             spent = state.node_seconds(model, now)
             node_s.labels(model).set(spent)
             cost.labels(model).set(spent * policy.node_price_per_hour / 3600)
-            burn.labels(model).set(len(mine) * policy.node_price_per_hour)
+            burn.labels(model).set((serving + standby) * policy.node_price_per_hour)
             budget.labels(model).set(policy.budget_per_hour)
             last = state.scaling_of(model).last_decision
             want = (last or {}).get("desired")

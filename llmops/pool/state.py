@@ -64,6 +64,12 @@ class PoolState(BaseModel):
     def scaling_of(self, model: str) -> ScalingState:
         return self.scaling.setdefault(model, ScalingState())
 
+    def serving_and_standby(self, model: str) -> tuple[int, int]:
+        """How many of a model's nodes serve and how many are warm standby."""
+        mine = [n for n in self.nodes.values() if n.model == model]
+        standby = sum(1 for n in mine if n.standby)
+        return len(mine) - standby, standby
+
     def node_seconds(self, model: str, now: float) -> float:
         """Node-seconds spent by a model's pool so far: stopped nodes plus the running ones up to `now`."""
         live = sum(now - n.started_at for n in self.nodes.values() if n.model == model and n.started_at)
