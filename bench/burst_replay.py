@@ -58,6 +58,9 @@ from tests.integration.conftest import free_ports_config, write_config  # noqa: 
 MAX_CONCURRENCY_PER_NODE = 2
 SHARED = {"high_latency_s": 3.5, "backlog": 4, "target_in_flight_per_node": MAX_CONCURRENCY_PER_NODE,
           "alert_for_s": 2,
+          # Rising orders nodes when the load's trend will outgrow the pool in 20 s (the alert -> decision ~5 s plus a
+          # cold start under the burst, 14-17 s); the runs before it ordered them only once it had (Saturated)
+          "scale_ahead_s": 20,
           "up_cooldown_s": 15, "down_cooldown_s": 15, "max_step": 2, "node_price_per_hour": 1.0,
           "budget_per_hour": 5.0}
 ARMS = {

@@ -6,7 +6,9 @@ receiver, or a signed `repair` webhook); also from the UI or `prefect deployment
     python -m flows.repair --tenant default
 
 One repair at a time: a run that finds another repair running records its trigger against that one (the history in
-`<state>/repair/state.json` and the event `llmops.repair.deferred`) and ends.
+`<state>/repair/state.json` and the event `llmops.repair.deferred`) and ends. A fix its gate rejected is not trained
+again from the same corrections on the same champion (Alertmanager re-sends a still-firing alert): the run says so
+and ends; new corrections, a new champion or `force=true` start a new one.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from llmops.endpoints import Endpoints
 from llmops.repair import (
     RepairSettings,
     RepairStore,
+    corrections_digest,
     corrections_from,
     repair_dataset,
     repair_gate,
     replaced_answers,
     split_corrections,
+    tried_before,
     without_replaced,
 )
 from llmops.stackconfig import load_effective_config
@@ -50,8 +54,8 @@ def _path(p: str) -> Path:
 
 @flow(name="repair", log_prints=True)
 def repair_flow(tenant: str = "default", trigger: str = "manual", event_id: str = "", reason: str = "",
-                settings: str = "configs/repair.yaml", rollout_policy: str = "configs/rollout/canary.yaml"
-                ) -> dict[str, Any]:
+                settings: str = "configs/repair.yaml", rollout_policy: str = "configs/rollout/canary.yaml",
+                force: bool = False) -> dict[str, Any]:
     log = get_run_logger()
     ep = Endpoints.load()
     run_id = str(flow_run.get_id() or f"local-{time.time():.0f}")
@@ -66,8 +70,8 @@ def repair_flow(tenant: str = "default", trigger: str = "manual", event_id: str 
     t0 = time.monotonic()
     outcome: dict[str, Any] = {"outcome": "failed"}
     try:
-        outcome = _repair(ep, tenant, trigger, event_id, reason, load_config(_path(settings), RepairSettings),
-                          rollout_policy)
+        outcome = _repair(ep, store, tenant, trigger, event_id, reason,
+                          load_config(_path(settings), RepairSettings), rollout_policy, force)
     except Exception as err:
         outcome = {"outcome": "failed", "error": f"{type(err).__name__}: {err}"[:500]}
         raise
@@ -81,8 +85,8 @@ def repair_flow(tenant: str = "default", trigger: str = "manual", event_id: str 
     return outcome
 
 
-def _repair(ep: Endpoints, tenant: str, trigger: str, event_id: str, reason: str, s: RepairSettings,
-            rollout_policy: str) -> dict[str, Any]:
+def _repair(ep: Endpoints, store: RepairStore, tenant: str, trigger: str, event_id: str, reason: str, s: RepairSettings,
+            rollout_policy: str, force: bool = False) -> dict[str, Any]:
     import json
 
     import mlflow
@@ -110,6 +114,22 @@ def _repair(ep: Endpoints, tenant: str, trigger: str, event_id: str, reason: str
                                  key="repair-gate", description="repair skipped: no corrections")
         log.warning("no repair: %s", why)
         return {"outcome": "skipped", "why": why}
+
+    fb_digest = corrections_digest(corrections)
+    before = None if force else tried_before(store.read().history, champ.version, fb_digest)
+    if before is not None:
+        why = (f"the same {len(corrections)} correction(s) on champion v{champ.version} were tried by repair run "
+               f"{before.get('run_id')} (v{before.get('version')}) and rejected: "
+               f"{'; '.join(before.get('reasons') or []) or 'see that run'}")
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(f"# Repair: nothing trained\n\n{why}.\n\nA repair runs again once new corrections "
+                                 "arrive or the champion changes. To retry these very corrections (say after "
+                                 "changing `configs/repair.yaml`), run the deployment with `force`: "
+                                 "`prefect deployment run repair/repair -p force=true`.", key="repair-gate",
+                                 description="repair skipped: already tried")
+        log.warning("no repair: %s", why)
+        return {"outcome": "skipped", "why": why, "parent_version": champ.version, "corrections_digest": fb_digest}
 
     train_c, held_c = split_corrections(corrections, s.heldout_fraction, s.seed)
     standing = standing_data(champ, bucket)
@@ -152,7 +172,7 @@ def _repair(ep: Endpoints, tenant: str, trigger: str, event_id: str, reason: str
                 "llmops.eval.fix_exact_match": f"{fix.overall.get('exact_match', 0):.4f}",
                 "llmops.eval.exact_match": f"{suite_new.overall.get('exact_match', 0):.4f}"}
         ref = register_challenger(train_cfg.model_name, out.merged_dir, out.adapter_dir, rid, tags, decision.promote)
-    result: dict[str, Any] = {"version": ref.version, "parent_version": champ.version,
+    result: dict[str, Any] = {"version": ref.version, "parent_version": champ.version, "corrections_digest": fb_digest,
                               "fix_exact_match": fix.overall.get("exact_match", 0.0),
                               "suite_exact_match": suite_new.overall.get("exact_match", 0.0),
                               "champion_suite_exact_match": suite_champ.overall.get("exact_match", 0.0),

@@ -54,7 +54,8 @@ def observe(metrics: MetricsSource, model: str, alerts: frozenset[str] = frozens
                        in_flight=metrics.scalar(f"llmops:pool_in_flight{sel}"),
                        alerts=alerts | firing_alerts(metrics, model),
                        request_rate=metrics.scalar(f"llmops:pool_requests:rate10s{sel}"),
-                       peak_load=metrics.scalar(f"max_over_time(llmops:pool_load{sel}[{window}])"))
+                       peak_load=metrics.scalar(f"max_over_time(llmops:pool_load{sel}[{window}])"),
+                       projected_load=metrics.scalar(f"llmops:pool_load:projected{sel}"))
 
 
 def firing_alerts(metrics: MetricsSource, model: str) -> frozenset[str]:

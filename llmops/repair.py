@@ -200,6 +200,26 @@ def repair_gate(fix: EvalReport, suite_candidate: EvalReport, suite_champion: Ev
     return RepairDecision(all(checks.values()), tuple(reasons), checks)
 
 
+def corrections_digest(corrections: Sequence[FeedbackRecord]) -> str:
+    """Which corrections a repair learnt from (question and answer, order-free): the same digest on the same parent
+    is the same repair."""
+    lines = sorted(f"{_norm(r.messages[-1].content)}\t{_norm(r.correction or '')}" for r in corrections)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def tried_before(history: Sequence[dict[str, Any]], parent_version: str, digest: str) -> dict[str, Any] | None:
+    """The newest repair that was rejected by its gate with these very corrections on this champion, if any.
+
+    Alertmanager re-sends a still-firing RegressionDetected (repeat_interval) and the bad ratio stays high while
+    the old champion serves: without this, a fix that failed its gate would be trained again, identically, on every
+    re-send. New corrections (a different digest) or a new champion start a fresh repair."""
+    for entry in reversed(history):
+        if (entry.get("outcome") == "rejected" and entry.get("parent_version") == parent_version
+                and entry.get("corrections_digest") == digest):
+            return entry
+    return None
+
+
 class RunningRepair(StrictModel):
     run_id: str
     started_at: float

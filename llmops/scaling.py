@@ -7,8 +7,10 @@ its `ScaleDecision`, and `bench/scale_sim.py` drives the very same function in a
 Rules, in order:
 - the floor: fewer serving nodes than `min_replicas` is repaired at once, whatever the metrics say;
 - demand: the nodes needed to bring the concurrency per node ((in flight + waiting) / nodes) under its target;
-  latency over its threshold, a queue over `backlog` or a firing `HighLatency` / `Backlog` / `Saturated` alert asks
-  for at least one node more (latency is proportional only when the concurrency signals are missing);
+  latency over its threshold, a queue over `backlog` or a firing `HighLatency` / `Backlog` / `Saturated` / `Rising`
+  alert asks for at least one node more (latency is proportional only when the concurrency signals are missing);
+  while `Rising` fires, the load projected `scale_ahead_s` ahead counts as demand too (a cold node ordered now
+  serves about then);
 - caps: at most `max_step` nodes per action, never above `max_replicas`, and never more nodes (serving + warm
   standby) than the hourly budget pays for; each cap that binds is named in the decision;
 - scale-out is held inside `up_cooldown_s` of the last one, so an alert storm yields one action;
@@ -27,7 +29,7 @@ from pydantic import Field, model_validator
 
 from llmops.config import StrictModel
 
-SCALE_OUT_ALERTS = frozenset({"HighLatency", "Backlog", "Saturated"})
+SCALE_OUT_ALERTS = frozenset({"HighLatency", "Backlog", "Saturated", "Rising"})
 
 
 class ScalePolicy(StrictModel):
@@ -46,6 +48,9 @@ class ScalePolicy(StrictModel):
     node_price_per_hour: float = Field(1.0, ge=0)
     budget_per_hour: float = Field(10.0, ge=0)  # what the pool may cost per hour (serving + standby nodes)
     alert_for_s: float = Field(4.0, ge=0)  # Prometheus `for:` of the scale-out alerts
+    # how far ahead the Rising alert projects the load's trend: about the time from an alert to a cold node serving
+    # (0: no Rising alert, scale on the load as it is)
+    scale_ahead_s: float = Field(20.0, ge=0)
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalePolicy:
@@ -84,6 +89,8 @@ class Observation:
     # the highest in flight + waiting over the last `down_cooldown_s` (Prometheus max_over_time): scale-in keeps
     # the nodes that peak needed (a stabilisation window, as Kubernetes' HPA does), not what a lull needs
     peak_load: float | None = None
+    # the load's 10 s mean extrapolated `scale_ahead_s` along its trend; read only while `Rising` fires
+    projected_load: float | None = None
 
     @property
     def idle(self) -> bool:
@@ -155,6 +162,12 @@ def demand(obs: Observation, serving: int, policy: ScalePolicy) -> tuple[int, li
     elif slow and lat is not None:
         wants.append((math.ceil(n * lat / policy.high_latency_s), f"mean latency {lat * 1000:.0f} ms > "
                       f"{policy.high_latency_s * 1000:.0f} ms (no concurrency data)"))
+    projected = _finite(obs.projected_load)
+    if "Rising" in obs.alerts and projected is not None:
+        need = math.ceil(projected / policy.target_in_flight_per_node - 1e-9)
+        if need > n:
+            wants.append((need, f"load rising: {projected:.1f} in flight or waiting in {policy.scale_ahead_s:g} s "
+                                f"needs {need} nodes"))
     if slow and lat is not None:
         wants.append((n + 1, f"mean latency {lat * 1000:.0f} ms > {policy.high_latency_s * 1000:.0f} ms"))
     if backlog and waiting is not None:

@@ -8,7 +8,14 @@ Signals (per pool; CPU nodes report through the node wrapper, LMDeploy nodes thr
 - `llmops:pool_latency_mean:10s`, `llmops:pool_latency_p95:10s`: user requests only (probe traffic excluded);
 - `llmops:pool_waiting`: requests queued in the HAProxy backend (nodes take `maxconn` each) plus LMDeploy's
   own queues;
-- `llmops:pool_in_flight`, `llmops:pool_error_ratio:30s`, `llmops:pool_nodes_up`, `llmops:pool_requests:rate10s`.
+- `llmops:pool_in_flight`, `llmops:pool_error_ratio:30s`, `llmops:pool_nodes_up`, `llmops:pool_requests:rate10s`;
+- `llmops:pool_load` (in flight + waiting), its 10 s mean `llmops:pool_load:avg10s` and
+  `llmops:pool_load:projected`: that mean extrapolated `scale_ahead_s` ahead along its 30 s trend (`predict_linear`).
+
+Alerts (action label `scale_out` unless named): `HighLatency`, `Backlog`, `Saturated` (load above what the serving
+nodes take at their target), `Rising` (the projected load will be above it in `scale_ahead_s`, while at least half
+of it is in use now: a cold node is ordered before the ramp outgrows the pool, since it takes about that long to
+serve), `NodeDown` (replace), `LowUtilisation` (scale_in, acted on by reconcile).
 """
 
 from __future__ import annotations
@@ -19,7 +26,11 @@ from llmops.scaling import ScalePolicy
 
 RECORDS = ("llmops:pool_latency_mean:10s", "llmops:pool_latency_p95:10s", "llmops:pool_waiting",
            "llmops:pool_in_flight", "llmops:pool_error_ratio:30s", "llmops:pool_nodes_up",
-           "llmops:pool_requests:rate10s", "llmops:pool_load")
+           "llmops:pool_requests:rate10s", "llmops:pool_load", "llmops:pool_load:avg10s", "llmops:pool_load:projected")
+
+# Rising fires only while at least this share of the capacity is in use now: a projection from a near-idle pool is
+# noise (one request more doubles a load of 1), and a burst that matters starts from a busy pool
+RISING_FLOOR = 0.5
 
 
 def _dur(seconds: float) -> str:
@@ -56,6 +67,10 @@ def scaling_rules(model: str, backend: str, policy: ScalePolicy, tenant: str = "
     ]
     # in flight + waiting, recorded every evaluation so that scale-in can read its peak over the cool-down
     records.append(("llmops:pool_load", f"llmops:pool_in_flight{{{m}}} + llmops:pool_waiting{{{m}}}"))
+    records.append(("llmops:pool_load:avg10s", f"avg_over_time(llmops:pool_load{{{m}}}[10s])"))
+    records.append(("llmops:pool_load:projected",
+                    f"clamp_min(predict_linear(llmops:pool_load:avg10s{{{m}}}[30s], "
+                    f"{max(policy.scale_ahead_s, 0):g}), 0)"))
     sel = f'{{model="{model}"}}'
     cap = f"(llmops:pool_nodes_up{sel} * {policy.target_in_flight_per_node:g})"
     alerts = [
@@ -77,6 +92,15 @@ def scaling_rules(model: str, backend: str, policy: ScalePolicy, tenant: str = "
          "annotations": {"summary": f"{model} has more requests in flight or waiting than its nodes take at "
                                     f"{policy.target_in_flight_per_node:g} each",
                          "value_utilisation": "{{ $value }}"}},
+        *([{"alert": "Rising",
+             "expr": f"llmops:pool_load:projected{sel} / {cap} > 1 and llmops:pool_load:avg10s{sel} / {cap} "
+                     f"> {RISING_FLOOR:g}",
+             "for": _dur(policy.alert_for_s),
+             "labels": {**labels, "severity": "page", "action": "scale_out"},
+             "annotations": {"summary": f"the load of {model} is rising past what its nodes take at "
+                                        f"{policy.target_in_flight_per_node:g} each within "
+                                        f"{policy.scale_ahead_s:g} s",
+                             "value_projected_utilisation": "{{ $value }}"}}] if policy.scale_ahead_s > 0 else []),
         {"alert": "NodeDown", "expr": f'up{{job="nodes",{m}}} == 0', "for": "4s",  # two failed scrapes
          "labels": {**labels, "severity": "page", "action": "replace"},
          "annotations": {"summary": "node {{ $labels.node }} of " + model + " does not answer its scrape",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -57,8 +58,8 @@ def test_rendered_rules_pass_promtool_and_carry_the_routing_labels(tmp_path: Pat
     assert r.returncode == 0, r.stdout + r.stderr
     recorded = [x["record"] for x in rules["groups"][0]["rules"]]
     alerts = {x["alert"]: x for x in rules["groups"][1]["rules"]}
-    assert set(recorded) == set(RECORDS) and set(alerts) == {"HighLatency", "Backlog", "Saturated", "NodeDown",
-                                                             "LowUtilisation"}
+    assert set(recorded) == set(RECORDS) and set(alerts) == {"HighLatency", "Backlog", "Saturated", "Rising",
+                                                             "NodeDown", "LowUtilisation"}
     assert "> 0.25" in alerts["HighLatency"]["expr"] and "> 40" in alerts["Backlog"]["expr"]
     assert alerts["HighLatency"]["for"] == "3s"
     assert all(a["labels"]["pool"] == "support-assistant" and a["labels"]["tenant"] == "acme"
@@ -134,3 +135,43 @@ def test_saturated_fires_when_demand_exceeds_the_nodes_target_concurrency_and_no
     (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
     r = subprocess.run([promtool, "test", "rules", "test.yml"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_rising_fires_ahead_of_saturated_on_a_ramp_and_not_on_a_flat_or_near_idle_pool(tmp_path: Path) -> None:
+    """promtool, 1 s evaluations, three pools of two nodes at target 2 (capacity 4), scale_ahead_s 20:
+    - `ramp`: load 2 + 0.05 t reaches the capacity at t = 40 s (Saturated); its 10 s mean projected 20 s ahead
+      crosses it at t = 25 s, so at t = 32 s Rising fires while Saturated does not;
+    - `flat`: load 3 (75 %) with no trend never fires;
+    - `quiet`: load 0 -> 1.9 within 5 s projects past the capacity but uses under half of it: the floor holds it."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: install the Debian package prometheus (`make install`)"
+    policy = ScalePolicy(target_in_flight_per_node=2, backlog=40, alert_for_s=2, scale_ahead_s=20)
+    groups = [g for m in ("ramp", "flat", "quiet") for g in scaling_rules(m, f"llm_{m}", policy)["groups"]]
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}))
+    per_node = {"ramp": "1+0.025x60", "flat": "1.5x60", "quiet": "0+0.19x5 0.95x55"}
+    series = []
+    for m, values in per_node.items():
+        series.append({"series": f'haproxy_backend_current_queue{{proxy="llm_{m}"}}', "values": "0x60"})
+        for node in ("a", "b"):
+            series.append({"series": f'up{{job="nodes",model="{m}",node="{node}"}}', "values": "1x60"})
+            series.append({"series": f'llmops_node_requests_in_flight{{model="{m}",node="{node}"}}',
+                           "values": values})
+
+    def firing(name: str, at: str, pools: list[str]) -> dict[str, Any]:
+        return {"expr": f'ALERTS{{alertname="{name}",alertstate="firing"}}', "eval_time": at,
+                "exp_samples": [{"labels": f'ALERTS{{alertname="{name}",alertstate="firing",model="{p}",pool="{p}",'
+                                           'tenant="default",severity="page",action="scale_out"}', "value": 1}
+                                for p in pools]}
+    test = {"rule_files": ["rules.yml"], "evaluation_interval": "1s", "tests": [{
+        "interval": "1s", "input_series": series,
+        "promql_expr_test": [firing("Rising", "10s", []), firing("Rising", "13s", []),
+                             firing("Rising", "32s", ["ramp"]),
+                             firing("Saturated", "32s", []), firing("Rising", "50s", ["ramp"])]}]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    r = subprocess.run([promtool, "test", "rules", "test.yml"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_rising_is_not_rendered_when_scale_ahead_is_off() -> None:
+    rules = scaling_rules("m", "llm_m", ScalePolicy(scale_ahead_s=0))
+    assert "Rising" not in {x["alert"] for x in rules["groups"][1]["rules"]}

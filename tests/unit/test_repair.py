@@ -11,11 +11,13 @@ from llmops.data.schema import ChatExample, FeedbackRecord, Message, Verdict
 from llmops.evaluate.gate import EvalReport, SliceScore
 from llmops.repair import (
     RepairSettings,
+    corrections_digest,
     corrections_from,
     repair_dataset,
     repair_gate,
     replaced_answers,
     split_corrections,
+    tried_before,
     without_replaced,
 )
 
@@ -118,3 +120,20 @@ def test_one_repair_at_a_time_later_alerts_are_recorded_against_it(tmp_path) -> 
     assert store.claim("run-d", "alert", {}, now=130.0) is None  # free again
     assert store.claim("run-e", "alert", {}, now=130.0 + 601) is None  # run-d died: its stale claim is taken over
     assert store.read().running.run_id == "run-e"  # type: ignore[union-attr]
+
+
+def test_a_rejected_repair_is_not_retrained_from_the_same_corrections_on_the_same_champion() -> None:
+    a = [rec(1, "How long is the refund window?"), rec(2, "Can I get my money back?")]
+    same = [rec(7, "can I get my  money back?"), rec(8, "How long is the refund window?")]  # order, case, ids differ
+    more = [*a, rec(3, "Refund for an annual plan?")]
+    d = corrections_digest(a)
+    assert corrections_digest(same) == d and corrections_digest(more) != d
+    assert corrections_digest([rec(1, "How long is the refund window?", correction="Never.")]) != \
+        corrections_digest([rec(1, "How long is the refund window?")])
+    history = [{"outcome": "rejected", "parent_version": "2", "corrections_digest": d, "run_id": "old", "version": "3"},
+               {"outcome": "promoted", "parent_version": "3", "corrections_digest": d, "run_id": "new", "version": "4"}]
+    assert (tried_before(history, "2", d) or {}).get("run_id") == "old"
+    assert tried_before(history, "2", corrections_digest(more)) is None  # new corrections: a fresh repair
+    assert tried_before(history, "3", d) is None  # promoted, not rejected
+    assert tried_before(history, "4", d) is None  # another champion
+    assert tried_before([], "2", d) is None
