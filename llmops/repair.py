@@ -63,7 +63,7 @@ class RepairSettings(StrictModel):
     train_config: str = "configs/train/smollm2_repair.yaml"  # method and hyper-parameters of the fix
     min_corrections: int = Field(3, ge=1)  # fewer: no training, an event and an artifact say why
     heldout_fraction: float = Field(0.3, gt=0, lt=1)  # of the corrected questions: the must-fix check
-    replay_per_correction: float = Field(16.0, ge=0)  # champion training examples replayed per correction
+    replay_per_correction: float = Field(32.0, ge=0)  # champion training examples replayed per correction
     correction_repeats: int = Field(3, ge=1)  # each correction appears this often in the repair set
     fix_threshold: float = Field(0.8, gt=0, le=1)  # must fix: exact match on the held-out corrections
     regress_tolerance: float = Field(0.05, ge=0, le=1)  # must not regress: the suite overall
