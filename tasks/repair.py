@@ -8,7 +8,6 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from llmops.data.curated import DEFAULT_DIR, load_curated
-from llmops.data.dataset import build_dataset
 from llmops.data.feedback import list_feedback_objects, read_feedback
 from llmops.data.schema import ChatExample, FeedbackRecord
 from llmops.endpoints import Endpoints
@@ -39,8 +38,8 @@ class StandingData:
 
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=transient_only)
 def standing_data(champion: ModelVersionRef, bucket: str) -> StandingData:
-    """The champion's own training split when its lineage names a dataset version; else the curated set (a base
-    model never trained here). The suite is the curated held-out questions and control prompts either way."""
+    """The champion's own training split when its lineage names a dataset version; else the curated general Q&A (a
+    base model never trained here). The suite is the curated held-out questions and control prompts either way."""
     ep = Endpoints.load()
     s3 = ep.s3_client()
     curated = load_curated(DEFAULT_DIR)
@@ -55,9 +54,12 @@ def standing_data(champion: ModelVersionRef, bucket: str) -> StandingData:
         except s3.exceptions.NoSuchKey:
             replay = []
     if not replay:
-        ds = build_dataset(curated, None, bucket, None, eval_fraction=0.0, general_mix=0.3, seed=0)
-        replay = list(ds.prepared.train)
-        source = f"curated set (champion v{champion.version} has no dataset lineage)"
+        # a champion never trained here (the base model) knows none of the curated policies: replaying them would
+        # teach them all in a short repair (measured: control-prompt leakage 0.20) instead of preserving anything;
+        # what it does know and must keep is answering general questions
+        replay = list(curated.general)
+        source = (f"curated general Q&A (champion v{champion.version} has no dataset lineage: not trained on the "
+                  "policies, so only its general answers are preserved)")
     return StandingData(replay, list(curated.heldout), list(curated.control),
                         [p.answer for p in curated.policies], source)
 
