@@ -174,19 +174,29 @@ def prefect_worker(cfg: StackConfig, ep: Endpoints) -> ServiceSpec:
                        lambda: worker_online(ep), env=prefect_env(cfg, ep), cwd=REPO_ROOT)
 
 
-def write_scaling_rules(cfg: StackConfig) -> list[Path]:
-    """Render each tenant pool's recording and alerting rules (its own policy, labelled with the tenant) into the
-    state dir; files of pools no longer configured are removed."""
-    d = cfg.state_dir / "prometheus" / "rules"
-    d.mkdir(parents=True, exist_ok=True)
-    paths = []
+def pool_rule_files(cfg: StackConfig) -> dict[str, str]:
+    """Each tenant pool's recording and alerting rules (its own policy, labelled with the tenant): file name ->
+    text. Written into the state dir by `stack up`; infra/k8s/render_rules.py puts them in a ConfigMap."""
+    files = {}
     for p in cfg.pools():
         rules = scaling_rules(p.model, p.backend, p.scaling, tenant=p.tenant)
         rules["groups"].append(regression_rules(p.model, cfg.repair, tenant=p.tenant))
-        path = d / f"scaling-{p.model}.yml"
-        path.write_text(f"# Rendered for tenant {p.tenant!r} from the stack config's `scaling` (or "
-                        f"tenants.{p.tenant}.scaling) and `repair` sections by `llmops stack up`; edit those.\n"
-                        + yaml.safe_dump(rules, sort_keys=False, width=200))
+        files[f"scaling-{p.model}.yml"] = (
+            f"# Rendered for tenant {p.tenant!r} from the stack config's `scaling` (or "
+            f"tenants.{p.tenant}.scaling) and `repair` sections; edit those.\n"
+            + yaml.safe_dump(rules, sort_keys=False, width=200))
+    return files
+
+
+def write_scaling_rules(cfg: StackConfig) -> list[Path]:
+    """Render each tenant pool's rules (`pool_rule_files`) into the state dir; files of pools no longer configured
+    are removed."""
+    d = cfg.state_dir / "prometheus" / "rules"
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in pool_rule_files(cfg).items():
+        path = d / name
+        path.write_text(text)
         paths.append(path)
     for stale in set(d.glob("scaling-*.yml")) - set(paths):
         stale.unlink()
