@@ -107,28 +107,37 @@ def cost_summary(prom_url: str, model: str, t0: float, t1: float) -> dict[str, f
 WORK_TASKS = ("fine_tune", "score_model", "roll_out_canary", "autoscale")  # training, evaluation, serving
 
 
-def orchestration_split(api: PrefectApi, runs: list[dict[str, Any]], wall_s: float, stack_up_s: float
-                        ) -> dict[str, float]:
-    """Where the demo's time went: overhead = bringing the stack up + each flow run's wait from due to start
-    (worker pick-up, process spawn) + its time outside the work tasks (Prefect and MLflow calls, data snapshots,
-    registration). Work = training, evaluation and serving tasks; time outside flow runs (the demo's own traffic
-    and waits) counts as serving."""
-    ids = [str(r["id"]) for r in runs]
-    work = 0.0
-    if ids:
-        for t in api.json("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": ids}}, "limit": 200}) or []:
-            if str(t.get("task_key", t.get("name", ""))).split("-")[0] in WORK_TASKS:
-                work += float(t.get("total_run_time") or 0.0)
-    in_flows = sum(float(r.get("total_run_time") or 0.0) for r in runs)
+def overhead_split(runs: list[dict[str, Any]], tasks: list[dict[str, Any]], wall_s: float, stack_up_s: float,
+                   nodes_s: float = 0.0) -> dict[str, float]:
+    """Where the demo's time went (pure). Overhead = bringing the stack's services up and provisioning the model
+    (`stack_up_s` less `nodes_s`, the serving nodes' start) + each flow run's wait from due to start (worker pick-up,
+    process spawn) + its time outside the work tasks (Prefect and MLflow calls, data snapshots, registration).
+    Work = training, evaluation and serving tasks; time outside flow runs (the demo's own traffic and waits) counts
+    as serving. A subflow's time is inside its parent's (the repair's canary is the rollout subflow): it is counted
+    once, with the parent."""
+    work = sum(float(t.get("total_run_time") or 0.0) for t in tasks
+               if str(t.get("task_key", t.get("name", ""))).split("-")[0] in WORK_TASKS)
+    top = [r for r in runs if not r.get("parent_task_run_id")]
+    in_flows = sum(float(r.get("total_run_time") or 0.0) for r in top)
     waits = 0.0
-    for r in runs:  # from when the run was due (a triggered run: its creation; a scheduled one: its slot) to start
+    for r in top:  # from when the run was due (a triggered run: its creation; a scheduled one: its slot) to start
         due, started = timestamp(r.get("expected_start_time")), timestamp(r.get("start_time"))
         if due is not None and started is not None:
             waits += max(0.0, started - due)
-    overhead = stack_up_s + waits + max(in_flows - work, 0.0)
-    return {"wall_s": round(wall_s, 1), "stack_up_s": round(stack_up_s, 1), "flow_start_waits_s": round(waits, 1),
-            "in_flows_s": round(in_flows, 1), "work_tasks_s": round(work, 1),
+    stack = max(stack_up_s - nodes_s, 0.0)
+    overhead = stack + waits + max(in_flows - work, 0.0)
+    return {"wall_s": round(wall_s, 1), "stack_up_s": round(stack, 1), "nodes_start_s": round(nodes_s, 1),
+            "flow_start_waits_s": round(waits, 1), "in_flows_s": round(in_flows, 1), "work_tasks_s": round(work, 1),
             "overhead_s": round(overhead, 1), "overhead_share": round(overhead / wall_s, 3) if wall_s else 0.0}
+
+
+def orchestration_split(api: PrefectApi, runs: list[dict[str, Any]], wall_s: float, stack_up_s: float,
+                        nodes_s: float = 0.0) -> dict[str, float]:
+    """`overhead_split` on the demo's flow runs and their task runs from the Prefect API."""
+    ids = [str(r["id"]) for r in runs]
+    tasks = (api.json("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": ids}}, "limit": 200}) or []
+             ) if ids else []
+    return overhead_split(runs, list(tasks), wall_s, stack_up_s, nodes_s)
 
 
 def publish(ep: Endpoints, report: DemoReport, t1: float | None = None) -> Path:
@@ -141,7 +150,7 @@ def publish(ep: Endpoints, report: DemoReport, t1: float | None = None) -> Path:
     report.rollouts = rollout_tables(api, report.started_at)
     report.cost = cost_summary(ep.prometheus_url, report.model, report.started_at, t1)
     up = next((s.seconds for s in report.stages if s.name.endswith("stack up")), 0.0)
-    report.overhead = orchestration_split(api, runs, t1 - report.started_at, up)
+    report.overhead = orchestration_split(api, runs, t1 - report.started_at, up, report.nodes_start_s)
     png = None if tl.empty else plot_timeline(tl, f"{report.model}: the demo on one time axis")
     stamp = datetime.fromtimestamp(report.started_at, UTC).strftime("%Y%m%dT%H%M%SZ")
     out_dir = ep.state_dir / "reports"

@@ -73,6 +73,7 @@ class DemoReport:
     failure: str | None = None
     links: list[tuple[str, str]] = field(default_factory=list)
     overhead: dict[str, float] = field(default_factory=dict)  # where the time went (demo_report.orchestration_split)
+    nodes_start_s: float = 0.0  # of the stack-up stage, the serving nodes' start (serving, not orchestration)
 
     @property
     def ok(self) -> bool:
@@ -238,8 +239,10 @@ def render_html(report: DemoReport, png: bytes | None) -> str:
         parts.append(f"<h3>{html.escape(str(r['title']))}</h3>" + _table(r["rows"]))
     parts.append("<h2>Cost</h2>" + _table([{k: v for k, v in report.cost.items()}] if report.cost else []))
     if report.overhead:
-        parts.append("<h2>Where the time went</h2><p>overhead = stack up + flow runs' wait to start + flow time "
-                     "outside training, evaluation and serving tasks</p>" + _table([dict(report.overhead)]))
+        parts.append("<h2>Where the time went</h2><p>overhead = the stack's services and model provisioning "
+                     "(its serving nodes' start counts as serving) + flow runs' wait to start + flow time outside "
+                     "training, evaluation and serving tasks (a subflow counted once, inside its parent)</p>"
+                     + _table([dict(report.overhead)]))
     if report.links:
         parts.append("<h2>Links</h2><ul>" + "".join(f"<li><a href='{html.escape(u, quote=True)}'>"
                                                     f"{html.escape(lbl)}</a></li>" for lbl, u in report.links)

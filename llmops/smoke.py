@@ -276,7 +276,7 @@ def run_regression(ep: Endpoints, say: Say = print, asked: int = 16, unseen: int
     while time.monotonic() - t0 < trigger_timeout_s and run is None:
         if fired_at is None and prom_query(ep, 'ALERTS{alertname="RegressionDetected",alertstate="firing"}'):
             fired_at = time.monotonic()
-            ratio_fired = prom_query(ep, "llmops:pool_bad_feedback_ratio")
+            ratio_fired = prom_query(ep, f'llmops:pool_bad_feedback_ratio{{model="{ep.model_name}"}}')
             say(f"  t=+{fired_at - t0:.0f}s RegressionDetected firing (bad ratio {ratio_fired})")
         runs = [x for x in api.flow_runs({"flows": {"name": {"any_": ["repair"]}}, "sort": "EXPECTED_START_TIME_ASC",
                                           "limit": 50}) if datetime.fromisoformat(str(x["created"])) >= t_created]
@@ -338,7 +338,7 @@ def run_regression(ep: Endpoints, say: Say = print, asked: int = 16, unseen: int
         send_feedback(ep, rid, "good" if good else "bad", None if good else REPAIR_NEW_ANSWER)
     em = sum(a[3] for a in answers) / len(answers)
     time.sleep(6)  # scraped and recorded
-    ratio_after = prom_query(ep, "llmops:pool_bad_feedback_ratio")
+    ratio_after = prom_query(ep, f'llmops:pool_bad_feedback_ratio{{model="{ep.model_name}"}}')
     say(f"  {len(held)} phrasings no correction used: exact match {em:.2f}; bad-feedback ratio "
         f"{ratio_fired} -> {ratio_after}")
     return {"run_state": st.state, "run_id": run["id"], "champion_before": before, "champion_after": champion.version,

@@ -102,3 +102,24 @@ def test_page_renders_in_headless_chromium_with_the_plot(tmp_path: Path) -> None
     # the plot area (below the title) has many distinct grey levels (lines, text, bars), a blank page has one or two
     crop = img.crop((0, 120, 1200, 1100))
     assert len(crop.getcolors(256) or []) > 20
+
+
+def test_overhead_counts_a_subflow_once_and_the_nodes_start_as_serving() -> None:
+    """The repair's canary is the rollout subflow: its time is inside the repair run's, so it is not added again;
+    waits are measured from due to start; the stack's node start is serving, its services are overhead."""
+    from llmops.demo_report import overhead_split
+
+    def run(rid: str, secs: float, due: str, start: str, parent: str | None = None) -> dict[str, object]:
+        return {"id": rid, "total_run_time": secs, "expected_start_time": due, "start_time": start,
+                "parent_task_run_id": parent}
+    runs = [run("train", 300, "2026-11-29T10:00:00+00:00", "2026-11-29T10:00:03+00:00"),
+            run("repair", 200, "2026-11-29T10:10:00+00:00", "2026-11-29T10:10:04+00:00"),
+            run("rollout", 60, "2026-11-29T10:12:00+00:00", "2026-11-29T10:12:00+00:00", parent="task-1")]
+    tasks = [{"task_key": "fine_tune-abc", "total_run_time": 250}, {"task_key": "score_model-1", "total_run_time": 30},
+             {"task_key": "fine_tune-def", "total_run_time": 90}, {"task_key": "score_model-2", "total_run_time": 40},
+             {"task_key": "roll_out_canary-x", "total_run_time": 58}, {"task_key": "register_challenger-1",
+                                                                      "total_run_time": 5}]
+    o = overhead_split(runs, tasks, wall_s=1000, stack_up_s=70, nodes_s=20)
+    assert o["in_flows_s"] == 500 and o["work_tasks_s"] == 468  # not 560: the subflow is inside the repair run
+    assert o["flow_start_waits_s"] == 7 and o["stack_up_s"] == 50 and o["nodes_start_s"] == 20
+    assert o["overhead_s"] == 50 + 7 + (500 - 468) and o["overhead_share"] == 0.089
