@@ -61,6 +61,19 @@ def _process(rec: ProcRecord) -> psutil.Process | None:
         return None
 
 
+def renice(rec: ProcRecord, nice: int) -> bool:
+    """Set the CPU priority of every thread of the recorded process's group (it was started in its own session,
+    so the group is its own); False if it is gone. PRIO_PROCESS would change one thread only: Linux keeps a nice
+    value per thread, and an engine runs several."""
+    if _process(rec) is None:
+        return False
+    try:
+        os.setpriority(os.PRIO_PGRP, rec.pid, nice)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def is_alive(rec: ProcRecord) -> bool:
     """True while the recorded process (same pid and start time) runs."""
     return _process(rec) is not None

@@ -60,9 +60,9 @@ class ServingSettings(StrictModel):
     cb_num_blocks: int = Field(128, ge=8)
     cb_block_size: int = Field(32, ge=8)
     torch_threads: int = Field(1, ge=1, le=64)
-    # CPU priority of node processes: on a host they share with the control plane (the local stack), saturated
-    # nodes must not starve the scale flow that adds capacity (measured: flow start 5 s -> see README); 0 on
-    # dedicated serving hosts
+    # CPU priority of serving node processes: on a host they share with the control plane (the local stack),
+    # saturated nodes must not starve the scale flow that adds capacity (measured: flow start 5 s -> see README); 0 on
+    # dedicated serving hosts. A node starts at normal priority and takes this one once it serves.
     nice: int = Field(5, ge=0, le=19)
     # CPU limit per node in cores (a CFS quota in its own cgroup, as a Kubernetes CPU limit); 0: none. On a host the
     # nodes share, it makes each node a fixed slice, so that another node adds capacity (bench/burst_replay.py)

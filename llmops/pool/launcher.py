@@ -87,7 +87,10 @@ class LocalProcessLauncher:
         if self.serving_log_dir is not None:
             env["LLMOPS_SERVING_LOG"] = str(self.serving_log_dir / f"{node.name}.jsonl")
         argv = engine_argv(Engine(node.engine), node.model, node, self.settings)
-        rec = proc.spawn(argv, workdir / "node.log", env=env, cwd=workdir, nice=self.settings.nice)
+        # started at normal priority: a cold start is capacity being added, and on a host the nodes share it must not
+        # queue behind the load it is meant to absorb (under a burst a start at nice 5 took 14-17 s, idle 5 s);
+        # `wait_ready` lowers it to `serving.nice` once it serves
+        rec = proc.spawn(argv, workdir / "node.log", env=env, cwd=workdir)
         if self.settings.cpu_limit > 0:
             try:
                 limit_cpu(rec.pid, self.settings.cpu_limit, self.cgroup_name(node))
@@ -108,6 +111,8 @@ class LocalProcessLauncher:
             try:
                 if httpx.get(f"{node.url}/health", timeout=2).status_code == 200:
                     check_serving(node)
+                    if rec is not None and self.settings.nice:
+                        proc.renice(rec, self.settings.nice)
                     return
                 last = "health not ok"
             except (httpx.HTTPError, ServiceError) as err:

@@ -66,3 +66,35 @@ def test_log_tail_returns_last_lines(tmp_path: Path) -> None:
     log.write_text("\n".join(str(i) for i in range(100)))
     assert proc.tail(log, 3) == "97\n98\n99"
     assert proc.tail(tmp_path / "missing.log") == ""
+
+
+THREADS = ("import subprocess,threading,time; subprocess.Popen(['sleep','60']); "
+           "[threading.Thread(target=time.sleep, args=(60,), daemon=True).start() for _ in range(3)]; "
+           "print('up', flush=True); time.sleep(60)")
+
+
+def _nice_of(pid: int) -> set[int]:
+    """The nice value of every thread of `pid` (field 19 of /proc/<pid>/task/<tid>/stat)."""
+    out = set()
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        out.add(int(stat.read_text().rsplit(")", 1)[1].split()[16]))
+    return out
+
+
+def test_renice_lowers_every_thread_and_child_of_a_running_node(tmp_path: Path) -> None:
+    """A node starts at normal priority and is reniced once it serves: every thread (Linux keeps nice per thread)
+    and its children, not only the main thread."""
+    rec = proc.spawn([sys.executable, "-c", THREADS], tmp_path / "t.log")
+    try:
+        deadline = time.monotonic() + 10
+        while "up" not in Path(rec.log).read_text().splitlines() and time.monotonic() < deadline:  # not the header
+            time.sleep(0.1)
+        assert _nice_of(rec.pid) == {0}
+        assert len(list(Path(f"/proc/{rec.pid}/task").iterdir())) >= 4
+        assert proc.renice(rec, 7)
+        assert _nice_of(rec.pid) == {7}
+        (child,) = psutil.Process(rec.pid).children()
+        assert child.nice() == 7
+    finally:
+        proc.stop(rec, timeout_s=4)
+    assert not proc.renice(rec, 3)  # gone: nothing to renice
