@@ -111,7 +111,11 @@ class Pool:
         """Pull (hash-checked), start, wait until it really serves, then add it to HAProxy with `weight`
         (0: joined and health-checked but taking no traffic: a canary before its first step, or a warm
         standby node when `standby`)."""
-        ref, cached = pull_verified(self.registry, self.cache, self.model, version_or_alias)
+        if self.launcher.pulls_locally:
+            ref, cached = pull_verified(self.registry, self.cache, self.model, version_or_alias)
+            model_dir: Path | None = cached.path
+        else:  # the node's host pulls and verifies it
+            ref, model_dir = self.registry.resolve(self.model, version_or_alias), None
         with self.store.update() as state:
             taken = {n.port for n in state.nodes.values()}
             port = proc.free_port(self.node_base_port, taken)
@@ -122,9 +126,10 @@ class Pool:
                               started_at=time.time())
             state.nodes[name] = node
         try:
-            node = self.launcher.start(node, cached.path)
+            node = self.launcher.start(node, model_dir)
             self._save(node)
-            self.launcher.wait_ready(node, self.ready_timeout_s)
+            node = self.launcher.wait_ready(node, self.ready_timeout_s)
+            self._save(node)
             self.lb.add_server(self.backend, node.name, node.host, node.port, weight=node.weight,
                                maxconn=self.max_conn)
         except BaseException:

@@ -37,6 +37,7 @@ class NodeRecord(BaseModel):
     proc: dict[str, object] | None = None
     standby: bool = False  # warm standby: started, health-checked, weight 0; promoted first on scale-out
     started_at: float | None = None  # wall-clock start (node-seconds and cost are counted from it)
+    remote_run: str | None = None  # a node on another host: its `serve-node` flow run (llmops/pool/remote.py)
 
     @property
     def url(self) -> str:
