@@ -70,7 +70,8 @@ class Stack:
 
     def pool(self, model: str | None = None) -> Pool:
         """The pool of `model` (default: the stack's own model, tenant `default`)."""
-        return stack_pool(self.cfg, self.ep.mlflow_url, self.ep.haproxy_socket, svc.REPO_ROOT, model=model)
+        return stack_pool(self.cfg, self.ep.mlflow_url, self.ep.haproxy_socket, svc.REPO_ROOT, model=model,
+                          prefect_api_url=self.ep.prefect_api_url)
 
     def pools(self) -> list[Pool]:
         """Every tenant's pool, the default tenant's first."""

@@ -193,16 +193,29 @@ def targets_file(state_dir: Path, model: str) -> Path:
 
 
 def stack_pool(cfg: StackConfig, mlflow_url: str, haproxy_socket: Path, repo_root: Path,
-               model: str | None = None) -> Pool:
+               model: str | None = None, prefect_api_url: str | None = None) -> Pool:
     """The pool of one tenant's model (default: the stack's own model, tenant `default`), wired to its registry,
     cache, launcher, HAProxy backend and state files. Every pool shares the state file (one lock, one node counter)
-    but sees only its own nodes."""
+    but sees only its own nodes. With `serving.host_class` set, its nodes are `serve-node` runs on that class's
+    work pool (other hosts; needs `prefect_api_url`), else local processes."""
     sd = cfg.state_dir
     tp = cfg.pool_for(model or cfg.model.name)
+    launcher: NodeLauncher
+    if cfg.serving.host_class:
+        if not prefect_api_url:
+            raise ServiceError(f"serving.host_class {cfg.serving.host_class!r} needs the Prefect API",
+                               "pass the stack's Prefect API URL")
+        from llmops.pool.remote import HostClass, RemoteNodeLauncher
+        from llmops.prefect_api import PrefectApi
+
+        launcher = RemoteNodeLauncher(PrefectApi(prefect_api_url, prefect_api_url.removesuffix("/api")),
+                                      HostClass(cfg.serving.host_class), tp.tenant,
+                                      cfg.serving.model_dump(mode="json", exclude={"host_class"}))
+    else:
+        launcher = LocalProcessLauncher(sd / "nodes", cfg.serving, repo_root, serving_log_dir=sd / "serving-log",
+                                        tenant=tp.tenant)
     return Pool(model=tp.model, backend=tp.backend, registry=MlflowRegistry(mlflow_url),
-                cache=ModelCache(sd / "models"), launcher=LocalProcessLauncher(sd / "nodes", cfg.serving, repo_root,
-                                                                        serving_log_dir=sd / "serving-log",
-                                                                        tenant=tp.tenant),
+                cache=ModelCache(sd / "models"), launcher=launcher,
                 lb=HAProxyRuntime(haproxy_socket), store=PoolStore(sd / "pool" / "pool.json"),
                 targets_file=targets_file(sd, tp.model), host=cfg.host,
                 node_base_port=cfg.ports.node_base, ready_timeout_s=cfg.serving.start_timeout_s,
