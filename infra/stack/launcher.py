@@ -177,15 +177,17 @@ class Stack:
 
     def _deploy_digest(self) -> str:
         """What the registered deployments depend on: prefect.yaml and the tenant pools (scale-<tenant>)."""
-        pools = ",".join(f"{p.tenant}:{p.model}" for p in self.cfg.pools())
+        pools = ",".join(f"{p.tenant}:{p.model}" for p in self.cfg.pools()) + f";{self.cfg.serving.host_class or ''}"
         return hashlib.sha256((svc.REPO_ROOT / "prefect.yaml").read_bytes() + pools.encode()).hexdigest()
 
     def _prefect_setup(self, say: Say) -> None:
         """Create the process work pool and register every deployment of prefect.yaml."""
         env = {**_base_env(), **svc.prefect_env(self.cfg, self.ep)}
         prefect = svc.which("prefect")
+        host_pools = [[prefect, "work-pool", "create", self.cfg.serving.host_class, "--type", "process", "--overwrite"]
+                      ] if self.cfg.serving.host_class else []
         for argv in ([prefect, "work-pool", "create", self.cfg.work_pool, "--type", "process", "--overwrite"],
-                     [prefect, "--no-prompt", "deploy", "--all"]):
+                     *host_pools, [prefect, "--no-prompt", "deploy", "--all"]):
             r = subprocess.run(argv, cwd=svc.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
             if r.returncode != 0:
                 raise ServiceError(f"`{' '.join(argv[1:])}` failed:\n{(r.stdout + r.stderr)[-2000:]}",
@@ -299,11 +301,12 @@ class Stack:
 
 
 def tenant_deployments(cfg: StackConfig) -> Path | None:
-    """A prefect.yaml of one `scale-<tenant>` deployment per tenant pool other than the default's: prefect.yaml's
-    `scale` with the trigger narrowed to `llmops.pool.<tenant>.*` and its own one-at-a-time limit. None if the
-    stack has no other tenant pool."""
+    """A prefect.yaml of the deployments the stack config adds to prefect.yaml's: one `scale-<tenant>` per tenant
+    pool other than the default's (prefect.yaml's `scale` with the trigger narrowed to `llmops.pool.<tenant>.*`
+    and its own one-at-a-time limit), and `serve-node/<host class>` on that class's work pool when
+    `serving.host_class` places nodes on other hosts. None if there is nothing to add."""
     others = [p.tenant for p in cfg.pools() if p.tenant != "default"]
-    if not others:
+    if not others and not cfg.serving.host_class:
         return None
     project = yaml.safe_load((svc.REPO_ROOT / "prefect.yaml").read_text())
     scale = next(d for d in project["deployments"] if d["name"] == "scale")
@@ -317,9 +320,18 @@ def tenant_deployments(cfg: StackConfig) -> Path | None:
         for trig in d.get("triggers", []):
             trig["match"]["prefect.resource.id"] = f"llmops.pool.{tenant}.*"
         deployments.append(d)
+    if cfg.serving.host_class:
+        deployments.append({
+            "name": cfg.serving.host_class,
+            "description": f"One serving node on a {cfg.serving.host_class} host (started and cancelled by the "
+                           "scaling flows; llmops/pool/remote.py): pull + hash check on the host, engine on the "
+                           "host's address, alive as long as the node.",
+            "entrypoint": "flows/serve_node.py:serve_node_flow",
+            "work_pool": {"name": cfg.serving.host_class},
+            "tags": ["serving", f"host-class:{cfg.serving.host_class}"]})
     path = cfg.state_dir / "prefect" / "tenant-deployments.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Rendered by `llmops stack up` from prefect.yaml's `scale` for each tenant pool; do not edit.\n"
+    path.write_text("# Rendered by `llmops stack up` from prefect.yaml and the stack config; do not edit.\n"
                     + yaml.safe_dump({**{k: v for k, v in project.items() if k != "deployments"},
                                       "deployments": deployments}, sort_keys=False))
     return path
