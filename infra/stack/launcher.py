@@ -232,12 +232,21 @@ class Stack:
                     rec = node.process()
                     if rec is not None:
                         proc.stop(rec)
+                    elif node.remote_run:
+                        pool.launcher.stop(node)
                     pool._forget(node.name)
 
     # ---- down / status / logs ----------------------------------------------------------------
     def down(self, say: Say = print, purge: bool = False) -> None:
         """Stop every node and service this stack started (by recorded pid), in reverse order."""
         pools = self.pools()
+        for pool in pools:  # nodes on other hosts first, while the Prefect server that cancels their runs is up
+            for node in pool.nodes():
+                if node.remote_run:
+                    try:
+                        pool.launcher.stop(node)
+                    except Exception as err:  # noqa: BLE001 - an unreachable server must not keep the rest up
+                        say(f"  could not cancel {node.name}'s serve-node run {node.remote_run}: {err}")
         proc.stop_all([r for p in pools for r in (n.process() for n in p.nodes()) if r is not None])
         for pool in pools:
             for node in pool.nodes():
