@@ -116,6 +116,10 @@ class StackConfig(StrictModel):
     # namespaces with their own webhook secret and hooks (llmops/tenants.py); the stack's pool is `default`'s
     tenants: dict[str, TenantSettings] = Field(default_factory=lambda: {"default": TenantSettings()})
     repair: RepairPolicy = RepairPolicy()  # when bad feedback counts as a regression (llmops/repair.py)
+    # the pool's state (nodes, scaling memory): none = <state_dir>/pool/pool.json under a file lock (one machine);
+    # a SQLAlchemy URL (postgresql://..., sqlite:///...) = a table every host and flow reaches, written with
+    # optimistic concurrency (llmops/pool/state.py SqlPoolStore)
+    pool_database: str | None = None
 
     @field_validator("tenants")
     @classmethod

@@ -21,7 +21,7 @@ from llmops.endpoints import Endpoints
 from llmops.errors import ServiceError
 from llmops.pool.launcher import LocalProcessLauncher
 from llmops.pool.manager import Pool, stack_pool
-from llmops.pool.state import PoolStore
+from llmops.pool.state import pool_store
 from llmops.registry import MlflowRegistry
 from llmops.stackconfig import StackConfig, save_effective_config
 
@@ -255,7 +255,7 @@ class Stack:
                 say(f"  stopped {node.name}")
                 pool._forget(node.name)
             pool.write_targets()
-        stray = PoolStore(self.cfg.state_dir / "pool" / "pool.json")  # nodes of a tenant since removed from config
+        stray = pool_store(self.cfg.state_dir, self.cfg.pool_database)  # nodes of a tenant since removed from config
         with stray.update() as state:
             left = list(state.nodes.values())
             proc.stop_all([r for r in (n.process() for n in left) if r is not None])

@@ -13,7 +13,15 @@ from llmops.errors import ServiceError
 from llmops.model_cache import ModelCache
 from llmops.pool.haproxy import HAProxyRuntime
 from llmops.pool.launcher import LocalProcessLauncher, NodeLauncher
-from llmops.pool.state import NodeRecord, NodeStatus, PoolState, PoolStore, ScalingState
+from llmops.pool.state import (
+    NodeRecord,
+    NodeStatus,
+    PoolState,
+    PoolStore,
+    ScalingState,
+    SqlPoolStore,
+    pool_store,
+)
 from llmops.registry import MlflowRegistry, ModelRegistry, pull_verified
 from llmops.stackconfig import StackConfig
 
@@ -50,7 +58,7 @@ class Pool:
     """
 
     def __init__(self, model: str, backend: str, registry: ModelRegistry, cache: ModelCache,
-                 launcher: NodeLauncher, lb: HAProxyRuntime, store: PoolStore, targets_file: Path,
+                 launcher: NodeLauncher, lb: HAProxyRuntime, store: PoolStore | SqlPoolStore, targets_file: Path,
                  host: str = "127.0.0.1", node_base_port: int = 8100, ready_timeout_s: float = 180,
                  max_conn: int = 0) -> None:
         self.model, self.backend = model, backend
@@ -216,7 +224,7 @@ def stack_pool(cfg: StackConfig, mlflow_url: str, haproxy_socket: Path, repo_roo
                                         tenant=tp.tenant)
     return Pool(model=tp.model, backend=tp.backend, registry=MlflowRegistry(mlflow_url),
                 cache=ModelCache(sd / "models"), launcher=launcher,
-                lb=HAProxyRuntime(haproxy_socket), store=PoolStore(sd / "pool" / "pool.json"),
+                lb=HAProxyRuntime(haproxy_socket), store=pool_store(sd, cfg.pool_database),
                 targets_file=targets_file(sd, tp.model), host=cfg.host,
                 node_base_port=cfg.ports.node_base, ready_timeout_s=cfg.serving.start_timeout_s,
                 max_conn=cfg.serving.max_concurrency_per_node)
