@@ -94,6 +94,60 @@ def load_arrivals(scale: int, seed: int) -> list[tuple[float, int]]:
     return out
 
 
+@dataclass(frozen=True)
+class HostClass:
+    """A kind of host nodes run on (issue 9): how many nodes it can hold, how long a node takes to start there and
+    what a node-hour costs there."""
+
+    name: str
+    capacity: int
+    cold_start_s: float
+    price_per_hour: float
+
+
+def parse_host_classes(spec: str, default_cold_start_s: float, max_nodes: int) -> list[HostClass]:
+    """`name:capacity:cold_start_s:price,...` in order of preference (placement fills them in that order); empty:
+    one class of `max_nodes` at the measured cold start and price 1."""
+    if not spec:
+        return [HostClass("default", max_nodes, default_cold_start_s, 1.0)]
+    out = []
+    for part in spec.split(","):
+        try:
+            name, cap, cold, price = part.split(":")
+            out.append(HostClass(name, int(cap), float(cold), float(price)))
+        except ValueError:
+            raise SystemExit(f"--host-classes {part!r}: expected name:capacity:cold_start_s:price_per_hour") from None
+    return out
+
+
+class Placement:
+    """Where nodes go: the first class in order of preference with room; removals free the priciest class first."""
+
+    def __init__(self, classes: list[HostClass]) -> None:
+        self.classes = classes
+        self.used = {c.name: 0 for c in classes}
+        self.peak = dict(self.used)
+        self.unplaced = 0  # nodes asked for when every class was full
+
+    def place(self) -> HostClass | None:
+        for c in self.classes:
+            if self.used[c.name] < c.capacity:
+                self.used[c.name] += 1
+                self.peak[c.name] = max(self.peak[c.name], self.used[c.name])
+                return c
+        self.unplaced += 1
+        return None
+
+    def release(self, n: int) -> None:
+        for c in sorted(self.classes, key=lambda c: -c.price_per_hour):
+            take = min(n, self.used[c.name])
+            self.used[c.name] -= take
+            n -= take
+
+    def cost_per_s(self) -> float:
+        return sum(self.used[c.name] * c.price_per_hour for c in self.classes) / 3600
+
+
 @dataclass
 class Result:
     name: str
@@ -104,24 +158,30 @@ class Result:
     served: int = 0
     p95s: list[float] = field(default_factory=list)
     actions: int = 0
+    cost: float = 0.0  # sum over nodes of price x hours (host classes)
+    peak_by_class: dict[str, int] = field(default_factory=dict)
+    unplaced: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"policy": self.name, "slo_attainment": self.windows_met / max(self.windows, 1),
                 "node_seconds": round(self.node_seconds), "max_nodes": self.max_nodes, "served": self.served,
-                "actions": self.actions}
+                "actions": self.actions, "cost": round(self.cost, 2), "peak_nodes_by_class": self.peak_by_class,
+                "unplaced_nodes": self.unplaced}
 
 
 class Sim:
     """Fluid processor-sharing pool with a FIFO gateway queue, stepped every `dt` seconds."""
 
     def __init__(self, arrivals: list[tuple[float, int]], node: NodeModel, slo_s: float, warmup_s: float = 0.0,
-                 dt: float = 0.25) -> None:
+                 dt: float = 0.25, classes: list[HostClass] | None = None) -> None:
         self.arr, self.node, self.slo_s, self.warmup_s, self.dt = arrivals, node, slo_s, warmup_s, dt
+        self.classes = classes or [HostClass("default", 10**6, node.cold_start_s, 1.0)]
 
     def run(self, name: str, controller: object, initial: int) -> Result:
         node, dt = self.node, self.dt
         res = Result(name)
-        serving = initial  # nodes in rotation
+        place = Placement(self.classes)
+        serving = sum(place.place() is not None for _ in range(initial))  # nodes in rotation
         standby = 0
         pending: list[tuple[float, str]] = []  # (ready_at, "serving" | "standby") cold starts under way
         v = 0.0  # virtual service: tokens every active request has received so far
@@ -164,6 +224,7 @@ class Sim:
             scored = t > self.warmup_s  # the warm-up is neither scored nor costed (every policy alike)
             if scored:
                 res.node_seconds += (serving + standby + len(pending)) * dt
+                res.cost += place.cost_per_s() * dt
                 res.max_nodes = max(res.max_nodes, serving + standby + len(pending))
             if t >= next_window:
                 if (window or queue) and scored:
@@ -186,9 +247,15 @@ class Sim:
                 promote = ready
                 standby -= promote
                 serving += promote
-                pending += [(t + node.cold_start_s, "serving")] * cold
-                pending += [(t + node.cold_start_s, "standby")] * standby_cold
-                serving = max(1, serving - remove)
+                for role, k in (("serving", cold), ("standby", standby_cold)):
+                    for _ in range(k):
+                        where = place.place()  # the class it lands on decides its start time; full: not started
+                        if where is not None:
+                            pending.append((t + where.cold_start_s, role))
+                removed = min(remove, serving - 1)
+                serving -= removed
+                place.release(removed)
+        res.peak_by_class, res.unplaced = dict(place.peak), place.unplaced
         return res
 
 
@@ -297,13 +364,16 @@ def main() -> None:
                     help="not scored nor costed: the trace opens with a ramp from zero that no pool has seen")
     ap.add_argument("--minutes", type=float, default=None, help="simulate only the first N minutes")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--host-classes", default="",
+                    help="name:capacity:cold_start_s:price_per_hour,... in order of preference (default: one class)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale-sim.json")
     a = ap.parse_args()
     node = load_node_model(a.maxconn, a.cold_start_s)
     arrivals = load_arrivals(a.scale, a.seed)
     if a.minutes:
         arrivals = [x for x in arrivals if x[0] <= a.minutes * 60]
-    sim = Sim(arrivals, node, a.slo_s, warmup_s=a.warmup_s)
+    classes = parse_host_classes(a.host_classes, node.cold_start_s, a.max_nodes)
+    sim = Sim(arrivals, node, a.slo_s, warmup_s=a.warmup_s, classes=classes)
     t0 = time.monotonic()
     lo, hi, best = 1, a.max_nodes, None
     while lo <= hi:  # the fewest static nodes meeting the SLO in >= 99% of windows
@@ -330,19 +400,24 @@ def main() -> None:
     for row in rows:
         row["slo_vs_static_peak"] = round(float(row["slo_attainment"]) / max(best.windows_met / best.windows, 1e-9), 3)
         row["node_seconds_vs_static_peak"] = round(float(row["node_seconds"]) / best.node_seconds, 3)
+        row["cost_vs_static_peak"] = round(float(row["cost"]) / max(best.cost, 1e-9), 3)
     out = {"benchmark": "scale_sim", "trace": str(TRACE.relative_to(ROOT)), "scale": a.scale,
            "requests": len(arrivals), "slo_p95_s": a.slo_s, "window_s": 10, "node_model": {
                "source": str(GPU_RESULT.relative_to(ROOT)), "concurrency": node.concurrency,
                "tokens_per_s": node.tokens_per_s, "cold_start_s": node.cold_start_s, "maxconn": node.maxconn},
+           "host_classes": [c.__dict__ for c in classes],
            "reaction_s": a.reaction_s, "initial_nodes": start_n, "policy": policy.model_dump(), "results": rows,
            "sim_wall_s": round(time.monotonic() - t0, 1)}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=1))
     print(f"{len(arrivals)} requests, SLO p95 <= {a.slo_s:g} s per 10 s window, cold start {node.cold_start_s:.1f} s")
-    print(f"{'policy':<28} {'SLO met':>8} {'node-s':>10} {'max nodes':>10} {'SLO/static':>11} {'cost/static':>12}")
+    print(f"{'policy':<28} {'SLO met':>8} {'node-s':>10} {'max nodes':>10} {'SLO/static':>11} {'node-s/static':>14} "
+          f"{'cost':>9} {'cost/static':>12}  peak nodes by class, unplaced")
     for row in rows:
         print(f"{row['policy']:<28} {float(row['slo_attainment']):>8.3f} {row['node_seconds']:>10} "
-              f"{row['max_nodes']:>10} {row['slo_vs_static_peak']:>11} {row['node_seconds_vs_static_peak']:>12}")
+              f"{row['max_nodes']:>10} {row['slo_vs_static_peak']:>11} {row['node_seconds_vs_static_peak']:>14} "
+              f"{row['cost']:>9} {row['cost_vs_static_peak']:>12}  {row['peak_nodes_by_class']}, "
+              f"{row['unplaced_nodes']}")
 
 
 if __name__ == "__main__":

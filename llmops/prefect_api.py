@@ -104,6 +104,30 @@ class PrefectApi:
         st = d.get("state") or {}
         return FlowRunState(d["id"], d["name"], st.get("type", "PENDING"), st.get("message") or "")
 
+    def run_state(self, flow_run_id: str) -> tuple[str, str]:
+        """(state type, message) of a flow run."""
+        st = self.state(flow_run_id)
+        return st.state, st.message
+
+    def cancel(self, flow_run_id: str) -> None:
+        """Ask the run's worker to stop it (state CANCELLING; the worker kills the run's process)."""
+        r = self.request("POST", f"/flow_runs/{flow_run_id}/set_state",
+                         json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True})
+        r.raise_for_status()
+
+    def variable(self, name: str) -> Any:
+        """A Prefect variable's value, or None if there is no such variable."""
+        r = self.request("GET", f"/variables/name/{name}")
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        return r.json().get("value")
+
+    def delete_variable(self, name: str) -> None:
+        r = self.request("DELETE", f"/variables/name/{name}")
+        if r.status_code not in (204, 404):
+            r.raise_for_status()
+
     def wait(self, flow_run_id: str, timeout_s: float = 300) -> FlowRunState:
         """Poll until the run is terminal; raise ServiceError on timeout."""
         deadline = time.monotonic() + timeout_s

@@ -36,16 +36,25 @@ class ProcRecord:
         return cls(int(str(d["pid"])), float(str(d["create_time"])), tuple(str(a) for a in argv), str(d["log"]))
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
-          cwd: Path | None = None, nice: int = 0) -> ProcRecord:
+          cwd: Path | None = None, nice: int = 0, die_with_parent: bool = False) -> ProcRecord:
     """Start `argv` in a new session (its own process group), output appended to `log`, at CPU priority `nice`
-    (set right after the start, before it spawns anything; threads and children inherit it)."""
+    (set right after the start, before it spawns anything; threads and children inherit it). `die_with_parent`:
+    it gets SIGTERM when the starting process dies, even by SIGKILL (a node owned by a flow run outlives no run)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         out.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {' '.join(argv)}\n".encode())
         out.flush()
         proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True)
+                                env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
+                                preexec_fn=_die_with_parent if die_with_parent else None)
     if nice:
         os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
     return ProcRecord(proc.pid, psutil.Process(proc.pid).create_time(), tuple(argv), str(log))

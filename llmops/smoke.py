@@ -161,9 +161,10 @@ def run_burst(ep: Endpoints, say: Say = print, base_rps: float = 0.5, burst_rps:
 
     from llmops.loadgen import schedule
     from llmops.loadgen.runner import run_load
-    from llmops.pool.state import PoolStore
+    from llmops.pool.state import pool_store
+    from llmops.stackconfig import load_effective_config
 
-    store = PoolStore(ep.state_dir / "pool" / "pool.json")
+    store = pool_store(ep.state_dir, load_effective_config(ep.state_dir).pool_database)
 
     def sizes() -> tuple[int, int]:
         return store.read().serving_and_standby(ep.model_name)

@@ -68,6 +68,9 @@ class ServingSettings(StrictModel):
     # nodes share, it makes each node a fixed slice, so that another node adds capacity (bench/burst_replay.py)
     cpu_limit: float = Field(0.0, ge=0, le=256)
     start_timeout_s: float = Field(180.0, gt=0)
+    # None: nodes are processes on this host. A name: nodes are `serve-node` runs on the work pool of that host
+    # class (deployment `serve-node/<name>`, a process worker on each host; llmops/pool/remote.py)
+    host_class: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]*$")
     max_concurrency_per_node: int = Field(4, ge=0)  # HAProxy maxconn per node; excess waits in the backend queue
     # LMDeploy (GPU hosts): it pins torch and peft, so it runs from its own interpreter (infra/lmdeploy/).
     lmdeploy_python: str = "python3"
@@ -113,6 +116,10 @@ class StackConfig(StrictModel):
     # namespaces with their own webhook secret and hooks (llmops/tenants.py); the stack's pool is `default`'s
     tenants: dict[str, TenantSettings] = Field(default_factory=lambda: {"default": TenantSettings()})
     repair: RepairPolicy = RepairPolicy()  # when bad feedback counts as a regression (llmops/repair.py)
+    # the pool's state (nodes, scaling memory): none = <state_dir>/pool/pool.json under a file lock (one machine);
+    # a SQLAlchemy URL (postgresql://..., sqlite:///...) = a table every host and flow reaches, written with
+    # optimistic concurrency (llmops/pool/state.py SqlPoolStore)
+    pool_database: str | None = None
 
     @field_validator("tenants")
     @classmethod
@@ -183,8 +190,16 @@ class StackConfig(StrictModel):
     @field_validator("host")
     @classmethod
     def _loopback_only(cls, v: str) -> str:
-        if v not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError("the local stack binds to loopback only: use 127.0.0.1")
+        """Loopback, or an address of this machine's own interfaces (a bridge to test hosts in network
+        namespaces, a private network to other hosts): the services bind to exactly that address."""
+        if v in ("127.0.0.1", "localhost", "::1"):
+            return v
+        import psutil
+
+        local = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+        if v not in local:
+            raise ValueError(f"host {v!r} is not an address of this machine: use 127.0.0.1 (the local stack), or an "
+                             "address of one of its interfaces that the other hosts reach")
         return v
 
     @field_validator("buckets")

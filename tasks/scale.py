@@ -25,7 +25,8 @@ def autoscale(model: str, allow_scale_in: bool, alerts: list[str], trigger: str)
     ep = Endpoints.load()
     cfg = load_effective_config(ep.state_dir)
     tp = cfg.pool_for(model)
-    pool = stack_pool(cfg, ep.mlflow_url, ep.haproxy_socket, ROOT, model=tp.model)
+    pool = stack_pool(cfg, ep.mlflow_url, ep.haproxy_socket, ROOT, model=tp.model,
+                      prefect_api_url=ep.prefect_api_url)
     scaler = Autoscaler(pool, PrometheusMetrics(ep.prometheus_url), tp.scaling, alias=cfg.model.alias,
                         engine=cfg.serving.engine.value, say=log.info)
     from prefect.runtime import flow_run
@@ -53,7 +54,8 @@ def log_spend(model: str, trigger: str) -> dict[str, float]:
     ep = Endpoints.load()
     cfg = load_effective_config(ep.state_dir)
     tp = cfg.pool_for(model)
-    pool = stack_pool(cfg, ep.mlflow_url, ep.haproxy_socket, ROOT, model=tp.model)
+    pool = stack_pool(cfg, ep.mlflow_url, ep.haproxy_socket, ROOT, model=tp.model,
+                      prefect_api_url=ep.prefect_api_url)
     state, now = pool.read_state(), time.time()
     node_s = state.node_seconds(tp.model, now)
     nodes = pool.nodes()

@@ -35,7 +35,8 @@ def roll_out_canary(version: str, policy: CanaryPolicy, model: str | None = None
                  result.format_compliance, result.rouge_l, result.failed_requests)
         return result
 
-    pool = stack_pool(load_effective_config(ep.state_dir), ep.mlflow_url, ep.haproxy_socket, ROOT, model=model)
+    pool = stack_pool(load_effective_config(ep.state_dir), ep.mlflow_url, ep.haproxy_socket, ROOT, model=model,
+                      prefect_api_url=ep.prefect_api_url)
     rollout = CanaryRollout(pool, MlflowRegistry(ep.mlflow_url), PrometheusMetrics(ep.prometheus_url),
                             probe, policy, say=log.info)
     return rollout.run(version)

@@ -37,7 +37,7 @@ from llmops.alerts import HELD, alert_events, hold_reason
 from llmops.data.serving_log import FeedbackCall, ServingLog, feedback_record
 from llmops.endpoints import Endpoints
 from llmops.errors import LlmopsError, ServiceError
-from llmops.pool.state import PoolStore
+from llmops.pool.state import pool_store
 from llmops.prefect_api import PrefectApi
 from llmops.stackconfig import StackConfig, load_effective_config
 from llmops.tenants import resolve_secret
@@ -99,7 +99,7 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
                          registry=reg)
     hooks_in = Counter("llmops_receiver_hooks", "Signed webhook calls by outcome", ["tenant", "hook", "status"],
                        registry=reg)
-    store = PoolStore(cfg.state_dir / "pool" / "pool.json")
+    store = pool_store(cfg.state_dir, cfg.pool_database)
     prefect = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
     nonces = NonceStore(cfg.state_dir / "receiver" / "nonces.sqlite")
     served_log = ServingLog(cfg.state_dir / "serving-log")

@@ -21,7 +21,7 @@ from llmops.endpoints import Endpoints
 from llmops.errors import ServiceError
 from llmops.pool.launcher import LocalProcessLauncher
 from llmops.pool.manager import Pool, stack_pool
-from llmops.pool.state import PoolStore
+from llmops.pool.state import pool_store
 from llmops.registry import MlflowRegistry
 from llmops.stackconfig import StackConfig, save_effective_config
 
@@ -70,7 +70,8 @@ class Stack:
 
     def pool(self, model: str | None = None) -> Pool:
         """The pool of `model` (default: the stack's own model, tenant `default`)."""
-        return stack_pool(self.cfg, self.ep.mlflow_url, self.ep.haproxy_socket, svc.REPO_ROOT, model=model)
+        return stack_pool(self.cfg, self.ep.mlflow_url, self.ep.haproxy_socket, svc.REPO_ROOT, model=model,
+                          prefect_api_url=self.ep.prefect_api_url)
 
     def pools(self) -> list[Pool]:
         """Every tenant's pool, the default tenant's first."""
@@ -176,15 +177,17 @@ class Stack:
 
     def _deploy_digest(self) -> str:
         """What the registered deployments depend on: prefect.yaml and the tenant pools (scale-<tenant>)."""
-        pools = ",".join(f"{p.tenant}:{p.model}" for p in self.cfg.pools())
+        pools = ",".join(f"{p.tenant}:{p.model}" for p in self.cfg.pools()) + f";{self.cfg.serving.host_class or ''}"
         return hashlib.sha256((svc.REPO_ROOT / "prefect.yaml").read_bytes() + pools.encode()).hexdigest()
 
     def _prefect_setup(self, say: Say) -> None:
         """Create the process work pool and register every deployment of prefect.yaml."""
         env = {**_base_env(), **svc.prefect_env(self.cfg, self.ep)}
         prefect = svc.which("prefect")
+        host_pools = [[prefect, "work-pool", "create", self.cfg.serving.host_class, "--type", "process", "--overwrite"]
+                      ] if self.cfg.serving.host_class else []
         for argv in ([prefect, "work-pool", "create", self.cfg.work_pool, "--type", "process", "--overwrite"],
-                     [prefect, "--no-prompt", "deploy", "--all"]):
+                     *host_pools, [prefect, "--no-prompt", "deploy", "--all"]):
             r = subprocess.run(argv, cwd=svc.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
             if r.returncode != 0:
                 raise ServiceError(f"`{' '.join(argv[1:])}` failed:\n{(r.stdout + r.stderr)[-2000:]}",
@@ -229,12 +232,21 @@ class Stack:
                     rec = node.process()
                     if rec is not None:
                         proc.stop(rec)
+                    elif node.remote_run:
+                        pool.launcher.stop(node)
                     pool._forget(node.name)
 
     # ---- down / status / logs ----------------------------------------------------------------
     def down(self, say: Say = print, purge: bool = False) -> None:
         """Stop every node and service this stack started (by recorded pid), in reverse order."""
         pools = self.pools()
+        for pool in pools:  # nodes on other hosts first, while the Prefect server that cancels their runs is up
+            for node in pool.nodes():
+                if node.remote_run:
+                    try:
+                        pool.launcher.stop(node)
+                    except Exception as err:  # noqa: BLE001 - an unreachable server must not keep the rest up
+                        say(f"  could not cancel {node.name}'s serve-node run {node.remote_run}: {err}")
         proc.stop_all([r for p in pools for r in (n.process() for n in p.nodes()) if r is not None])
         for pool in pools:
             for node in pool.nodes():
@@ -243,7 +255,7 @@ class Stack:
                 say(f"  stopped {node.name}")
                 pool._forget(node.name)
             pool.write_targets()
-        stray = PoolStore(self.cfg.state_dir / "pool" / "pool.json")  # nodes of a tenant since removed from config
+        stray = pool_store(self.cfg.state_dir, self.cfg.pool_database)  # nodes of a tenant since removed from config
         with stray.update() as state:
             left = list(state.nodes.values())
             proc.stop_all([r for r in (n.process() for n in left) if r is not None])
@@ -298,11 +310,12 @@ class Stack:
 
 
 def tenant_deployments(cfg: StackConfig) -> Path | None:
-    """A prefect.yaml of one `scale-<tenant>` deployment per tenant pool other than the default's: prefect.yaml's
-    `scale` with the trigger narrowed to `llmops.pool.<tenant>.*` and its own one-at-a-time limit. None if the
-    stack has no other tenant pool."""
+    """A prefect.yaml of the deployments the stack config adds to prefect.yaml's: one `scale-<tenant>` per tenant
+    pool other than the default's (prefect.yaml's `scale` with the trigger narrowed to `llmops.pool.<tenant>.*`
+    and its own one-at-a-time limit), and `serve-node/<host class>` on that class's work pool when
+    `serving.host_class` places nodes on other hosts. None if there is nothing to add."""
     others = [p.tenant for p in cfg.pools() if p.tenant != "default"]
-    if not others:
+    if not others and not cfg.serving.host_class:
         return None
     project = yaml.safe_load((svc.REPO_ROOT / "prefect.yaml").read_text())
     scale = next(d for d in project["deployments"] if d["name"] == "scale")
@@ -316,9 +329,18 @@ def tenant_deployments(cfg: StackConfig) -> Path | None:
         for trig in d.get("triggers", []):
             trig["match"]["prefect.resource.id"] = f"llmops.pool.{tenant}.*"
         deployments.append(d)
+    if cfg.serving.host_class:
+        deployments.append({
+            "name": cfg.serving.host_class,
+            "description": f"One serving node on a {cfg.serving.host_class} host (started and cancelled by the "
+                           "scaling flows; llmops/pool/remote.py): pull + hash check on the host, engine on the "
+                           "host's address, alive as long as the node.",
+            "entrypoint": "flows/serve_node.py:serve_node_flow",
+            "work_pool": {"name": cfg.serving.host_class},
+            "tags": ["serving", f"host-class:{cfg.serving.host_class}"]})
     path = cfg.state_dir / "prefect" / "tenant-deployments.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Rendered by `llmops stack up` from prefect.yaml's `scale` for each tenant pool; do not edit.\n"
+    path.write_text("# Rendered by `llmops stack up` from prefect.yaml and the stack config; do not edit.\n"
                     + yaml.safe_dump({**{k: v for k, v in project.items() if k != "deployments"},
                                       "deployments": deployments}, sort_keys=False))
     return path

@@ -23,9 +23,14 @@ VERSION_HEADER = "X-Llmops-Model-Version"
 class NodeLauncher(Protocol):
     """Starts and stops serving nodes (local processes here; Prefect work pools on other hosts)."""
 
-    def start(self, node: NodeRecord, model_dir: Path) -> NodeRecord: ...
+    # False: the node's host pulls the model itself (remote hosts); True: `start` gets a local verified copy
+    pulls_locally: bool
 
-    def wait_ready(self, node: NodeRecord, timeout_s: float) -> None: ...
+    def start(self, node: NodeRecord, model_dir: Path | None) -> NodeRecord: ...
+
+    def wait_ready(self, node: NodeRecord, timeout_s: float) -> NodeRecord:
+        """Block until the node serves; returns it with where it listens (a remote host reports its address)."""
+        ...
 
     def stop(self, node: NodeRecord) -> None: ...
 
@@ -63,14 +68,19 @@ class LocalProcessLauncher:
     """
 
     def __init__(self, nodes_dir: Path, settings: ServingSettings, repo_root: Path,
-                 serving_log_dir: Path | None = None, tenant: str = "default") -> None:
+                 serving_log_dir: Path | None = None, tenant: str = "default", die_with_parent: bool = False) -> None:
         self.nodes_dir = nodes_dir
         self.settings = settings
         self.repo_root = repo_root
         self.serving_log_dir = serving_log_dir
         self.tenant = tenant
+        self.die_with_parent = die_with_parent  # the engine ends with the process that started it (serve-node)
 
-    def start(self, node: NodeRecord, model_dir: Path) -> NodeRecord:
+    pulls_locally = True
+
+    def start(self, node: NodeRecord, model_dir: Path | None) -> NodeRecord:
+        if model_dir is None:
+            raise ServiceError(f"node {node.name}: no local model copy to serve", "pull the version first")
         if Engine(node.engine) is Engine.LMDEPLOY:
             check_lmdeploy(self.settings.lmdeploy_python)
         workdir = self.nodes_dir / node.name
@@ -90,7 +100,7 @@ class LocalProcessLauncher:
         # started at normal priority: a cold start is capacity being added, and on a host the nodes share it must not
         # queue behind the load it is meant to absorb (under a burst a start at nice 5 took 14-17 s, idle 5 s);
         # `wait_ready` lowers it to `serving.nice` once it serves
-        rec = proc.spawn(argv, workdir / "node.log", env=env, cwd=workdir)
+        rec = proc.spawn(argv, workdir / "node.log", env=env, cwd=workdir, die_with_parent=self.die_with_parent)
         if self.settings.cpu_limit > 0:
             try:
                 limit_cpu(rec.pid, self.settings.cpu_limit, self.cgroup_name(node))
@@ -99,7 +109,7 @@ class LocalProcessLauncher:
                 raise
         return node.model_copy(update={"proc": rec.to_json(), "status": NodeStatus.STARTING})
 
-    def wait_ready(self, node: NodeRecord, timeout_s: float) -> None:
+    def wait_ready(self, node: NodeRecord, timeout_s: float) -> NodeRecord:
         """Ready = `/health` answers, a one-token completion succeeds, and the node serves `node.sha256`."""
         rec = node.process()
         deadline = time.monotonic() + timeout_s
@@ -113,7 +123,7 @@ class LocalProcessLauncher:
                     check_serving(node)
                     if rec is not None and self.settings.nice:
                         proc.renice(rec, self.settings.nice)
-                    return
+                    return node
                 last = "health not ok"
             except (httpx.HTTPError, ServiceError) as err:
                 last = str(err)

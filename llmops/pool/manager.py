@@ -13,7 +13,15 @@ from llmops.errors import ServiceError
 from llmops.model_cache import ModelCache
 from llmops.pool.haproxy import HAProxyRuntime
 from llmops.pool.launcher import LocalProcessLauncher, NodeLauncher
-from llmops.pool.state import NodeRecord, NodeStatus, PoolState, PoolStore, ScalingState
+from llmops.pool.state import (
+    NodeRecord,
+    NodeStatus,
+    PoolState,
+    PoolStore,
+    ScalingState,
+    SqlPoolStore,
+    pool_store,
+)
 from llmops.registry import MlflowRegistry, ModelRegistry, pull_verified
 from llmops.stackconfig import StackConfig
 
@@ -50,7 +58,7 @@ class Pool:
     """
 
     def __init__(self, model: str, backend: str, registry: ModelRegistry, cache: ModelCache,
-                 launcher: NodeLauncher, lb: HAProxyRuntime, store: PoolStore, targets_file: Path,
+                 launcher: NodeLauncher, lb: HAProxyRuntime, store: PoolStore | SqlPoolStore, targets_file: Path,
                  host: str = "127.0.0.1", node_base_port: int = 8100, ready_timeout_s: float = 180,
                  max_conn: int = 0) -> None:
         self.model, self.backend = model, backend
@@ -111,7 +119,11 @@ class Pool:
         """Pull (hash-checked), start, wait until it really serves, then add it to HAProxy with `weight`
         (0: joined and health-checked but taking no traffic: a canary before its first step, or a warm
         standby node when `standby`)."""
-        ref, cached = pull_verified(self.registry, self.cache, self.model, version_or_alias)
+        if self.launcher.pulls_locally:
+            ref, cached = pull_verified(self.registry, self.cache, self.model, version_or_alias)
+            model_dir: Path | None = cached.path
+        else:  # the node's host pulls and verifies it
+            ref, model_dir = self.registry.resolve(self.model, version_or_alias), None
         with self.store.update() as state:
             taken = {n.port for n in state.nodes.values()}
             port = proc.free_port(self.node_base_port, taken)
@@ -122,9 +134,10 @@ class Pool:
                               started_at=time.time())
             state.nodes[name] = node
         try:
-            node = self.launcher.start(node, cached.path)
+            node = self.launcher.start(node, model_dir)
             self._save(node)
-            self.launcher.wait_ready(node, self.ready_timeout_s)
+            node = self.launcher.wait_ready(node, self.ready_timeout_s)
+            self._save(node)
             self.lb.add_server(self.backend, node.name, node.host, node.port, weight=node.weight,
                                maxconn=self.max_conn)
         except BaseException:
@@ -188,17 +201,30 @@ def targets_file(state_dir: Path, model: str) -> Path:
 
 
 def stack_pool(cfg: StackConfig, mlflow_url: str, haproxy_socket: Path, repo_root: Path,
-               model: str | None = None) -> Pool:
+               model: str | None = None, prefect_api_url: str | None = None) -> Pool:
     """The pool of one tenant's model (default: the stack's own model, tenant `default`), wired to its registry,
     cache, launcher, HAProxy backend and state files. Every pool shares the state file (one lock, one node counter)
-    but sees only its own nodes."""
+    but sees only its own nodes. With `serving.host_class` set, its nodes are `serve-node` runs on that class's
+    work pool (other hosts; needs `prefect_api_url`), else local processes."""
     sd = cfg.state_dir
     tp = cfg.pool_for(model or cfg.model.name)
+    launcher: NodeLauncher
+    if cfg.serving.host_class:
+        if not prefect_api_url:
+            raise ServiceError(f"serving.host_class {cfg.serving.host_class!r} needs the Prefect API",
+                               "pass the stack's Prefect API URL")
+        from llmops.pool.remote import HostClass, RemoteNodeLauncher
+        from llmops.prefect_api import PrefectApi
+
+        launcher = RemoteNodeLauncher(PrefectApi(prefect_api_url, prefect_api_url.removesuffix("/api")),
+                                      HostClass(cfg.serving.host_class), tp.tenant,
+                                      cfg.serving.model_dump(mode="json", exclude={"host_class"}))
+    else:
+        launcher = LocalProcessLauncher(sd / "nodes", cfg.serving, repo_root, serving_log_dir=sd / "serving-log",
+                                        tenant=tp.tenant)
     return Pool(model=tp.model, backend=tp.backend, registry=MlflowRegistry(mlflow_url),
-                cache=ModelCache(sd / "models"), launcher=LocalProcessLauncher(sd / "nodes", cfg.serving, repo_root,
-                                                                        serving_log_dir=sd / "serving-log",
-                                                                        tenant=tp.tenant),
-                lb=HAProxyRuntime(haproxy_socket), store=PoolStore(sd / "pool" / "pool.json"),
+                cache=ModelCache(sd / "models"), launcher=launcher,
+                lb=HAProxyRuntime(haproxy_socket), store=pool_store(sd, cfg.pool_database),
                 targets_file=targets_file(sd, tp.model), host=cfg.host,
                 node_base_port=cfg.ports.node_base, ready_timeout_s=cfg.serving.start_timeout_s,
                 max_conn=cfg.serving.max_concurrency_per_node)

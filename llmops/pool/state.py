@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from llmops.errors import ServiceError
 from llmops.proc import ProcRecord
 
 
@@ -37,6 +38,7 @@ class NodeRecord(BaseModel):
     proc: dict[str, object] | None = None
     standby: bool = False  # warm standby: started, health-checked, weight 0; promoted first on scale-out
     started_at: float | None = None  # wall-clock start (node-seconds and cost are counted from it)
+    remote_run: str | None = None  # a node on another host: its `serve-node` flow run (llmops/pool/remote.py)
 
     @property
     def url(self) -> str:
@@ -98,3 +100,62 @@ class PoolStore:
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(state.model_dump_json(indent=2))
             tmp.replace(self.path)
+
+
+class PoolConflict(ServiceError):
+    """Another flow changed the pool between this one's read and its write; nothing of this change was written."""
+
+
+class SqlPoolStore:
+    """The pool in a database table every host and flow reaches (PostgreSQL in production; SQLite on one machine),
+    with optimistic concurrency: a write carries the version it read and succeeds only if that is still the
+    current one (`UPDATE ... WHERE version = :read`). Two flows that both read version 7 and both decide to start a
+    node cannot both record it: the second write fails with `PoolConflict` and its node is never started (the
+    pool records a node before starting it). Same interface as the file store."""
+
+    TABLE = "llmops_pool_state"
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        self.url = url
+        self.engine = sa.create_engine(url, future=True)
+        self.table = sa.Table(self.TABLE, sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                              sa.Column("version", sa.Integer, nullable=False),
+                              sa.Column("body", sa.Text, nullable=False))
+        self.table.metadata.create_all(self.engine)
+        with self.engine.begin() as c:
+            if c.execute(sa.select(self.table.c.id).where(self.table.c.id == 1)).first() is None:
+                try:
+                    c.execute(self.table.insert().values(id=1, version=0, body=PoolState().model_dump_json()))
+                except sa.exc.IntegrityError:
+                    pass  # another process created it first
+
+    def read_versioned(self) -> tuple[int, PoolState]:
+        import sqlalchemy as sa
+
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(self.table.c.version, self.table.c.body).where(self.table.c.id == 1)).one()
+        return int(row.version), PoolState.model_validate_json(row.body)
+
+    def read(self) -> PoolState:
+        return self.read_versioned()[1]
+
+    @contextmanager
+    def update(self) -> Iterator[PoolState]:
+        """Yield the state for modification; written when the block ends, if no other write came in between."""
+        import sqlalchemy as sa
+
+        version, state = self.read_versioned()
+        yield state
+        with self.engine.begin() as c:
+            done = c.execute(self.table.update().where(sa.and_(self.table.c.id == 1, self.table.c.version == version))
+                             .values(version=version + 1, body=state.model_dump_json())).rowcount
+        if done != 1:
+            raise PoolConflict(f"the pool changed while this flow changed it (it read version {version}); "
+                               "this change was not written", "run the action again: it reads the new state")
+
+
+def pool_store(state_dir: Path, database_url: str | None = None) -> PoolStore | SqlPoolStore:
+    """The stack's pool store: the database named by `pool_database` when set, else the state dir's file."""
+    return SqlPoolStore(database_url) if database_url else PoolStore(state_dir / "pool" / "pool.json")

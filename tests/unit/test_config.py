@@ -41,7 +41,9 @@ def test_shipped_config_loads_with_documented_defaults() -> None:
         ("serving: {engine: vllm}\n", ["serving.engine", "'transformers' or 'lmdeploy'", "'vllm'"]),
         ("ports: {mlflow: abc}\n", ["ports.mlflow", "valid integer", "'abc'"]),
         ("ports: {mlflow: 80}\n", ["ports.mlflow", "greater than or equal to 1024"]),
-        ("host: 0.0.0.0\n", ["host", "loopback only"]),
+        ("host: 0.0.0.0\n", ["host", "not an address of this machine", "use 127.0.0.1"]),
+        ("host: 203.0.113.9\n", ["host", "not an address of this machine"]),
+        ("serving: {host_class: GPU_H100}\n", ["serving.host_class", "pattern"]),
         ("ports: {mlflow: 8334}\n", ["clash on [8334]"]),
         ("model: {name: Bad_Name}\n", ["model.name", "pattern"]),
         ("- a\n- b\n", ["expected a mapping"]),
@@ -71,3 +73,13 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_state_dir_override_wins(tmp_path: Path) -> None:
     cfg = load_stack_config(write(tmp_path, "state_dir: /somewhere\n"), state_dir=tmp_path / "s")
     assert cfg.state_dir == (tmp_path / "s").resolve()
+
+
+def test_the_stack_may_bind_to_an_address_of_this_machine(tmp_path: Path) -> None:
+    """Test hosts in network namespaces reach the control plane on a bridge address, not on loopback."""
+    import psutil
+
+    ours = sorted(a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                  if a.family.name == "AF_INET" and not a.address.startswith("127."))
+    assert ours, "this machine has no IPv4 address besides loopback"
+    assert load_stack_config(write(tmp_path, f"host: {ours[0]}\n")).host == ours[0]

@@ -78,3 +78,19 @@ def test_train_and_rollout_hooks_start_their_deployments() -> None:
                       "2026-11-28T00:00:00Z", "e")
     assert fires("train-pipeline", train) and not fires("rollout", train)
     assert fires("rollout", roll) and not fires("train-pipeline", roll) and not fires("repair", roll)
+
+
+def test_a_host_class_gets_its_serve_node_deployment_on_its_own_work_pool(tmp_path: Path) -> None:
+    from infra.stack.launcher import tenant_deployments
+    from llmops.stackconfig import StackConfig
+
+    path = tenant_deployments(StackConfig.model_validate({"state_dir": tmp_path, "serving": {"host_class": "cpu"}}))
+    assert path is not None
+    (d,) = yaml.safe_load(path.read_text())["deployments"]
+    assert d["name"] == "cpu" and d["work_pool"] == {"name": "cpu"}
+    assert d["entrypoint"] == "flows/serve_node.py:serve_node_flow" and "triggers" not in d
+    module, func = d["entrypoint"].split(":")
+    import importlib
+
+    flow_obj = getattr(importlib.import_module(module.replace("/", ".").removesuffix(".py")), func)
+    assert flow_obj.name == "serve-node"  # the launcher runs `serve-node/<host class>`
