@@ -99,14 +99,17 @@ class RemoteNodeLauncher:
                            f"is a worker of the {self.host_class.name!r} host class online? see flow run {run_id}")
 
     def stop(self, node: NodeRecord) -> None:
-        """Cancel the node's run (the worker stops the flow, which stops the engine); an unreachable host stops it
-        once it can poll again. The report variable is removed."""
+        """Cancel the node's run (the worker stops the flow, which stops the engine) and wait for that while the
+        node answers; an unreachable host stops it once it can poll again. The report variable is removed."""
         if not node.remote_run:
             return
         state, _ = self.api.run_state(node.remote_run)
         if state not in TERMINAL:
+            reachable = self.is_alive(node)
             self.api.cancel(node.remote_run)
-            deadline = time.monotonic() + self.stop_wait_s
+            # wait for the engine to stop only where the host can hear it: a host cut off the network stops it
+            # when it polls again, and waiting here would only delay its replacement
+            deadline = time.monotonic() + (self.stop_wait_s if reachable else 0.0)
             while time.monotonic() < deadline and self.api.run_state(node.remote_run)[0] not in TERMINAL:
                 time.sleep(0.5)
         self.api.delete_variable(node_variable(node.remote_run))

@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.hosts import NetnsHosts, namespaces
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.hosts]
 
 SERVE = "import http.server,sys; http.server.HTTPServer((sys.argv[1], 8000), http.server.SimpleHTTPRequestHandler)" \
         ".serve_forever()"

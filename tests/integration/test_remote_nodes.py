@@ -2,10 +2,12 @@
 
 The control plane (Prefect, MLflow, S3, Prometheus, Alertmanager, HAProxy, the receiver and the control-plane
 worker) runs in the root namespace, bound to the bridge address. Each host runs a Prefect process worker of the
-`cpu` host class (at most one node per host: `--limit 1`). Nodes are `serve-node` runs those workers pick up: the
+`cpu` host class (at most two nodes per host: `--limit 2`). Nodes are `serve-node` runs those workers pick up: the
 host pulls the version from MLflow over the bridge, checks its hash, binds the engine to its own address. Shown:
-the pool's nodes live on the other hosts and serve through the gateway; cutting one host's link takes its node out
-of rotation and `reconcile` replaces it on a remaining host; only requests in flight on that host fail.
+the pool's nodes live on the other hosts and serve through the gateway; a burst makes the `scale` flow (alert ->
+Alertmanager -> receiver -> Prefect event) add a node, placed on another host; cutting one host's link fires
+NodeDown, takes its nodes out of rotation, and `reconcile` replaces them on the remaining hosts; only requests in
+flight on that host fail.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import httpx
 import pytest
 
 from llmops.loadgen.runner import run_load
-from llmops.loadgen.schedule import steady
+from llmops.loadgen.schedule import burst, steady
 from llmops.prefect_api import PrefectApi
+from llmops.smoke import prom_query
 
 from .conftest import free_ports_config, write_config
 from .hosts import NetnsHosts
@@ -33,8 +36,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.hosts]
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = {"min_replicas": 2, "max_replicas": 3, "warm_standby": 0, "high_latency_s": 600, "backlog": 10000,
-          "target_in_flight_per_node": 1000, "alert_for_s": 2, "up_cooldown_s": 10, "down_cooldown_s": 600,
-          "budget_per_hour": 10.0}
+          "target_in_flight_per_node": 2, "alert_for_s": 2, "up_cooldown_s": 10, "down_cooldown_s": 600,
+          "max_step": 1, "scale_ahead_s": 0, "budget_per_hour": 10.0}
 
 
 def _worker_env(stack: Any, host_address: str, home: Path) -> dict[str, str]:
@@ -72,7 +75,7 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Netn
             for i, h in enumerate(hosts.hosts):
                 home = tmp / f"host{i}"
                 home.mkdir()
-                hosts.spawn(h, [prefect, "worker", "start", "--pool", "cpu", "--type", "process", "--limit", "1",
+                hosts.spawn(h, [prefect, "worker", "start", "--pool", "cpu", "--type", "process", "--limit", "2",
                                 "--name", f"cpu-{h.address}"], home / "worker.log",
                             env=_worker_env(stack, h.address, home), cwd=ROOT)
                 started.append(h.name)
@@ -95,7 +98,6 @@ def test_nodes_run_on_the_other_hosts_and_serve_through_the_gateway(remote: tupl
     addresses = {h.address for h in hosts.hosts}
     nodes = _nodes(stack)
     assert len(nodes) == 2 and all(n.host in addresses and n.remote_run for n in nodes), nodes
-    assert len({n.host for n in nodes}) == 2  # one node per host (--limit 1)
     r = httpx.post(f"{stack.ep.gateway_url}/v1/chat/completions", timeout=60, json={
         "model": stack.cfg.model.name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
     assert r.status_code == 200, r.text
@@ -110,6 +112,7 @@ def test_a_cut_host_leaves_rotation_and_reconcile_replaces_its_node_on_another(
     api = PrefectApi(stack.ep.prefect_api_url, stack.ep.prefect_ui_url)
     victim = _nodes(stack)[0]
     host = next(h for h in hosts.hosts if h.address == victim.host)
+    lost = [n.name for n in _nodes(stack) if n.host == host.address]  # every node of that host
     stop, result = threading.Event(), {}
     load = threading.Thread(target=lambda: result.update(run_load(
         f"{stack.ep.gateway_url}/v1", stack.cfg.model.name, steady(1.0, 120, max_tokens=8), stop=stop)),
@@ -126,6 +129,12 @@ def test_a_cut_host_leaves_rotation_and_reconcile_replaces_its_node_on_another(
             left = time.monotonic() - t_cut
         time.sleep(0.5)
     assert left is not None and left <= 5, f"{victim.name} still in rotation {time.monotonic() - t_cut:.0f}s after"
+    fired = None
+    while time.monotonic() - t_cut < 30 and fired is None:
+        if prom_query(stack.ep, f'ALERTS{{alertname="NodeDown",alertstate="firing",node="{victim.name}"}}'):
+            fired = time.monotonic() - t_cut
+        time.sleep(0.5)
+    assert fired is not None, "NodeDown never fired for the cut host's node"
     run = api.run_deployment("reconcile", "reconcile", {})
     st = api.wait(run, timeout_s=420)
     replaced = time.monotonic() - t_cut
@@ -133,11 +142,30 @@ def test_a_cut_host_leaves_rotation_and_reconcile_replaces_its_node_on_another(
     load.join(timeout=60)
     nodes = _nodes(stack)
     assert st.state == "COMPLETED", st
-    assert victim.name not in {n.name for n in nodes} and len(nodes) == 2, nodes
+    assert not set(lost) & {n.name for n in nodes} and len(nodes) >= 2, nodes
     assert all(n.host != host.address for n in nodes), "a replacement was placed on the cut host"
     failed = result.get("failed", 0)
-    print(json.dumps({"out_of_rotation_s": round(left, 1), "replaced_s": round(replaced, 1),
+    print(json.dumps({"out_of_rotation_s": round(left, 1), "node_down_s": round(fired, 1),
+                      "replaced_s": round(replaced, 1), "lost": lost,
                       "requests": result.get("requests"), "failed": failed}))
-    # only what was in flight on the cut host fails: it takes at most max_concurrency_per_node at once
-    assert failed <= stack.cfg.serving.max_concurrency_per_node, result
+    # only what was in flight on the cut host fails: each of its nodes takes at most max_concurrency_per_node
+    assert failed <= stack.cfg.serving.max_concurrency_per_node * len(lost), result
     hosts.mend(host)
+
+
+def test_a_burst_scales_out_onto_another_host(remote: tuple[Any, NetnsHosts]) -> None:
+    stack, hosts = remote
+    before = {n.name for n in _nodes(stack)}
+    t0 = time.monotonic()
+    result = run_load(f"{stack.ep.gateway_url}/v1", stack.cfg.model.name,
+                      burst(0.5, 6.0, 60, 2, 40, max_tokens=16))
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(_nodes(stack)) < 3:
+        time.sleep(1)
+    nodes = _nodes(stack)
+    added = [n for n in nodes if n.name not in before]
+    print(json.dumps({"scaled_out_s": round(time.monotonic() - t0, 1), "added": [(n.name, n.host) for n in added],
+                      "requests": result.get("requests"), "failed": result.get("failed")}))
+    assert len(nodes) == 3 and added, nodes
+    assert all(n.host in {h.address for h in hosts.hosts} and n.remote_run for n in added)
+    assert result.get("failed") == 0, result
