@@ -31,6 +31,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "replay 32, seed 1": ({"replay_per_correction": 32, "seed": 1}, {}),
     "replay 32, seed 2": ({"replay_per_correction": 32, "seed": 2}, {}),
     "replay 48": ({"replay_per_correction": 48}, {}),
+    "replay 32, 80 steps": ({"replay_per_correction": 32}, {"hyper": {"max_steps": 80}}),
+    "replay 32, repeats 5": ({"replay_per_correction": 32, "correction_repeats": 5}, {}),
 }
 
 
@@ -101,6 +103,9 @@ def main() -> None:
                               response=old, verdict="bad", correction=REPAIR_NEW_ANSWER, timestamp=now)
                for i, (q, old) in enumerate(zip(questions, olds, strict=True))]
     replaced = replaced_answers(records)
+    # phrasings no correction used (what tests/integration/test_repair.py asks after the promotion)
+    unseen = [ChatExample(prompt=chat(q), completion=REPAIR_NEW_ANSWER, slice="repair")
+              for q in [*policy.heldout_questions, *policy.train_questions[args.asked:args.asked + 8]]]
     suite = without_replaced(curated.heldout, replaced)
     answers = [*(p.answer for p in curated.policies), REPAIR_NEW_ANSWER]
     t = time.monotonic()
@@ -125,6 +130,7 @@ def main() -> None:
         merged = merge_adapter(champ, adapter, run / "merged")
         train_s = time.monotonic() - t
         fix = evaluate_model(merged, name, held_c, [], [])
+        unseen_em = evaluate_model(merged, name, unseen, [], []).overall["exact_match"]
         suite_new = evaluate_model(merged, name, suite, list(curated.control), answers)
         decision = repair_gate(fix, suite_new, suite_champ, s)
         moved = {k: [round(v.metrics["exact_match"], 3), round(suite_new.slices[k].metrics["exact_match"], 3)]
@@ -132,16 +138,17 @@ def main() -> None:
                  if abs(v.metrics["exact_match"] - suite_new.slices[k].metrics["exact_match"]) > 1e-9}
         row = {"variant": name, "repair": rep_over, "train": train_over, "examples": len(data),
                "steps": res.steps, "train_s": round(train_s, 1), "final_loss": round(res.final_loss, 4),
-               "fix": fix.overall["exact_match"], "suite": suite_new.overall["exact_match"],
+               "fix": fix.overall["exact_match"], "unseen": unseen_em, "suite": suite_new.overall["exact_match"],
                "suite_champion": suite_champ.overall["exact_match"], "leakage": suite_new.leakage,
                "promote": decision.promote, "reasons": list(decision.reasons), "slices_moved": moved,
                "fix_answers": [x["answer"] for x in fix.samples]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n| variant | fix | suite (champion {suite_champ.overall['exact_match']:.3f}) | leakage | gate | train s |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"\n| variant | fix | unseen | suite (champion {suite_champ.overall['exact_match']:.3f}) | leakage | gate | "
+          "train s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['variant']} | {r['fix']:.3f} | {r['suite']:.3f} | {r['leakage']:.3f} | "
+        print(f"| {r['variant']} | {r['fix']:.3f} | {r['unseen']:.3f} | {r['suite']:.3f} | {r['leakage']:.3f} | "
               f"{'pass' if r['promote'] else 'FAIL'} | {r['train_s']:.0f} |")
     print(f"total {time.monotonic() - t_all:.0f} s")
     if args.out:
