@@ -15,8 +15,7 @@ Rules, in order:
   standby) than the hourly budget pays for; each cap that binds is named in the decision;
 - scale-out is held inside `up_cooldown_s` of the last one, so an alert storm yields one action;
 - scale-in only where allowed (the reconcile flow), never on missing or NaN metrics, never while a canary holds
-  the pool, and only after load stayed low for `down_cooldown_s` (watched by reconcile, or seen by Prometheus: the
-  peak over that window was low); at most `max_step` nodes per action, never
+  the pool, and only after load stayed low for `down_cooldown_s`; at most `max_step` nodes per action, never
   below what the load needs nor below the floor.
 """
 
@@ -239,13 +238,6 @@ def desired_replicas(obs: Observation, pool: PoolView, policy: ScalePolicy, now:
     if pool.canary_running:
         return ScaleDecision(Action.HOLD, cur, cur, ("a canary rollout holds the pool",), (), low_since, want)
     assert low_since is not None
-    peak_known = _finite(obs.peak_load)
-    if pool.low_since is None and peak_known is not None and \
-            peak_known / (max(cur, 1) * policy.target_in_flight_per_node) < policy.scale_in_utilisation:
-        # Prometheus saw the load low over the whole cool-down window (its peak there is low): the cool-down has
-        # passed without this flow having watched it, as Kubernetes' HPA decides from its stabilisation window.
-        # After a scale-in (low_since set then) the next one still waits a full cool-down of its own.
-        low_since = min(low_since, now - policy.down_cooldown_s)
     if now - low_since < policy.down_cooldown_s:
         left = policy.down_cooldown_s - (now - low_since)
         return ScaleDecision(Action.HOLD, cur, cur, (f"load low; scale-in cool-down: {left:.0f} s left",), (),
