@@ -11,6 +11,7 @@ run that was killed before it could (names carry the creating pid). Needs root (
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-PREFIX = "llh"  # namespaces llh<pid>-<i>, bridge llb<pid>, bridge-side veths llv<pid>-<i>
+PREFIX = "llh"  # namespaces llh<pid><letter>-<i>, bridge llb<pid><letter>, bridge-side veths llv<pid><letter>-<i>
+_SEQ = itertools.count()
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -45,9 +47,10 @@ class NetnsHosts:
             raise RuntimeError("iproute2's `ip` is missing: install the Debian package iproute2")
         if os.geteuid() != 0:
             raise RuntimeError("network-namespace test hosts need root (CAP_NET_ADMIN)")
-        self.tag = str(os.getpid())
+        # pid + a letter per instance: a veth of the previous instance may still be going away (deletion is async)
+        self.tag = f"{os.getpid()}{chr(97 + next(_SEQ) % 26)}"
         self.bridge = f"llb{self.tag}"
-        self.gateway = f"10.{subnet}.{os.getpid() % 250 + 1}.1"
+        self.gateway = f"10.{subnet}.{(os.getpid() + ord(self.tag[-1])) % 250 + 1}.1"
         self.prefix = self.gateway.rsplit(".", 1)[0]
         self.hosts = [Host(f"{PREFIX}{self.tag}-{i}", f"{self.prefix}.{11 + i}", f"llv{self.tag}-{i}")
                       for i in range(count)]
@@ -124,12 +127,12 @@ def remove_stale() -> list[str]:
     removed = []
     names = [line.split()[0] for line in _ip("netns", "list", check=False).stdout.splitlines() if line.strip()]
     for name in names:
-        m = re.fullmatch(rf"{PREFIX}(\d+)-\d+", name)
+        m = re.fullmatch(rf"{PREFIX}(\d+)[a-z]?-\d+", name)
         if m and not Path(f"/proc/{m.group(1)}").exists():
             _remove_namespace(name)
             removed.append(name)
     for line in _ip("-o", "link", "show", "type", "bridge", check=False).stdout.splitlines():
-        m = re.search(r"\d+: (llb(\d+))[:@]", line)
+        m = re.search(r"\d+: (llb(\d+)[a-z]?)[:@]", line)
         if m and not Path(f"/proc/{m.group(2)}").exists():
             _ip("link", "del", m.group(1), check=False)
             removed.append(m.group(1))
