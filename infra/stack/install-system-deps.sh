@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the local stack runs: haproxy, prometheus, prometheus-alertmanager, and chromium
-# (headless, for the report test).
+# Installs the Debian packages the local stack runs: haproxy, prometheus, prometheus-alertmanager, chromium
+# (headless, for the report test) and iproute2 (`ip`: the network-namespace test hosts of `make test-hosts`).
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 set -euo pipefail
 declare -A pkg=([haproxy]=haproxy [prometheus]=prometheus [prometheus-alertmanager]=prometheus-alertmanager
-                [chromium]=chromium)
+                [chromium]=chromium [ip]=iproute2)
 missing=()
 for bin in "${!pkg[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("${pkg[$bin]}")

@@ -176,7 +176,8 @@ class Stack:
         return server_restarted or self._load().get("prefect_yaml_sha256") != digest
 
     def _deploy_digest(self) -> str:
-        """What the registered deployments depend on: prefect.yaml and the tenant pools (scale-<tenant>)."""
+        """What the registered deployments depend on: prefect.yaml, the tenant pools (scale-<tenant>) and the host
+        class (serve-node/<class>)."""
         pools = ",".join(f"{p.tenant}:{p.model}" for p in self.cfg.pools()) + f";{self.cfg.serving.host_class or ''}"
         return hashlib.sha256((svc.REPO_ROOT / "prefect.yaml").read_bytes() + pools.encode()).hexdigest()
 

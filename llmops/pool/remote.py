@@ -22,8 +22,7 @@ import httpx
 
 from llmops.errors import ServiceError
 from llmops.pool.state import NodeRecord
-
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+from llmops.prefect_api import TERMINAL
 
 
 def node_variable(flow_run_id: str) -> str:
