@@ -119,7 +119,12 @@ class SqlPoolStore:
         import sqlalchemy as sa
 
         self.url = url
-        self.engine = sa.create_engine(url, future=True)
+        try:
+            self.engine = sa.create_engine(url, future=True)
+        except (sa.exc.ArgumentError, ImportError) as err:
+            raise ServiceError(f"pool_database {url!r} is not a usable SQLAlchemy URL: {err}",
+                               "use e.g. postgresql://user:pass@host/db or sqlite:////abs/path/pool.db, or remove "
+                               "pool_database to keep the pool in the state dir") from None
         self.table = sa.Table(self.TABLE, sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
                               sa.Column("version", sa.Integer, nullable=False),
                               sa.Column("body", sa.Text, nullable=False))

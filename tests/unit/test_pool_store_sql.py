@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from llmops.errors import ServiceError
 from llmops.pool.state import NodeRecord, PoolConflict, PoolStore, SqlPoolStore, pool_store
 
 
@@ -98,3 +99,9 @@ def test_the_pool_starts_no_node_when_its_record_conflicts(tmp_path: Path) -> No
 def test_the_stack_picks_its_store_from_the_config(tmp_path: Path) -> None:
     assert isinstance(pool_store(tmp_path), PoolStore)
     assert isinstance(pool_store(tmp_path, f"sqlite:///{tmp_path / 'p.db'}"), SqlPoolStore)
+
+
+def test_a_bad_database_url_names_the_key_and_the_fix() -> None:
+    with pytest.raises(ServiceError, match="pool_database 'not a url' is not a usable SQLAlchemy URL") as e:
+        SqlPoolStore("not a url")
+    assert "postgresql://" in e.value.fix
