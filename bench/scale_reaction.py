@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,41 +49,56 @@ def first_true(prom: str, expr: str, start: float, end: float) -> float | None:
     return min(times) if times else None
 
 
-def one_run(standby: int, workdir: Path) -> dict[str, Any]:
-    policy = {**POLICY, "warm_standby": standby}
-    cfg_data = free_ports_config(workdir / "state", scaling=policy, serving={"max_concurrency_per_node": 2})
+LOAD = {"base_rps": 0.5, "burst_rps": 5.0, "duration_s": 60, "burst_start_s": 5.0, "burst_s": 40, "max_tokens": 16}
+
+
+def one_run(standby: int, workdir: Path, policy: dict[str, Any] | None = None,
+            serving: dict[str, Any] | None = None, model: dict[str, Any] | None = None,
+            load: dict[str, Any] | None = None, wait_s: float = 120,
+            inspect: Callable[[Stack, dict[str, Any]], dict[str, Any]] | None = None,
+            say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """One burst on a fresh stack; `policy`, `serving`, `model` and `load` override the CPU defaults above (the
+    GPU run, bench/gpu/elastic.py). `inspect(stack, action)` adds its findings before the stack goes down."""
+    policy = {**(policy or POLICY), "warm_standby": standby}
+    ld = {**LOAD, **(load or {})}
+    extra: dict[str, Any] = {"model": model} if model else {}
+    cfg_data = free_ports_config(workdir / "state", scaling=policy,
+                                 serving=serving or {"max_concurrency_per_node": 2}, **extra)
     stack = Stack(write_config(workdir, cfg_data))
-    stack.up(say=lambda _: None)
+    stack.up(say=say)
     try:
         ep = stack.ep
         api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
         if standby:
-            st = api.wait(api.run_deployment("reconcile", "reconcile"), 300)
+            st = api.wait(api.run_deployment("reconcile", "reconcile"), max(300.0, wait_s))
             assert st.state == "COMPLETED", st
+            say("warm standby started")
         # only the alert path may act during the burst: the scheduled reconcile is paused (as "pause scaling")
         api.set_paused("reconcile", "reconcile", True)
         time.sleep(10)  # a quiet baseline
         store = PoolStore(stack.cfg.state_dir / "pool" / "pool.json")
         before = len(store.read().scaling_of(ep.model_name).actions)
-        arrivals = burst(0.5, 5.0, 60, 5.0, 40, max_tokens=16)
+        arrivals = burst(ld["base_rps"], ld["burst_rps"], ld["duration_s"], ld["burst_start_s"], ld["burst_s"],
+                         max_tokens=ld["max_tokens"])
         wall0 = time.time()
-        t_burst = wall0 + 5.0
+        t_burst = wall0 + ld["burst_start_s"]
+        say(f"burst: {ld}")
         result: dict[str, Any] = {}
         th = threading.Thread(target=lambda: result.update(run_load(f"{ep.gateway_url}/v1", ep.model_name, arrivals,
                                                                     timeout_s=300)))
         th.start()
         action = None
-        while time.time() - wall0 < 120 and action is None:
+        while time.time() - wall0 < wait_s and action is None:
             outs = [a for a in store.read().scaling_of(ep.model_name).actions[before:]
                     if a["action"] == "scale_out" and (a["promoted"] or a["started"]) and a.get("run_id")]
             action = outs[0] if outs else None
             time.sleep(1)
         th.join()
         if action is None:
-            raise SystemExit("no scale-out happened within 120 s of the burst; see the stack logs")
+            raise SystemExit(f"no scale-out happened within {wait_s:.0f} s of the burst; see the stack logs")
         sel = f'{{model="{ep.model_name}"}}'
-        crossed = first_true(ep.prometheus_url, f"(llmops:pool_waiting{sel} > {POLICY['backlog']}) or "
-                             f"(llmops:pool_latency_mean:10s{sel} > {POLICY['high_latency_s']})", t_burst, time.time())
+        crossed = first_true(ep.prometheus_url, f"(llmops:pool_waiting{sel} > {policy['backlog']}) or "
+                             f"(llmops:pool_latency_mean:10s{sel} > {policy['high_latency_s']})", t_burst, time.time())
         firing = first_true(ep.prometheus_url, f'ALERTS{{alertstate="firing",pool="{ep.model_name}",'
                             f'alertname=~"HighLatency|Backlog|Saturated"}}', t_burst, time.time())
         run: dict[str, Any] = api.json("GET", f"/flow_runs/{action['run_id']}")
@@ -100,8 +116,11 @@ def one_run(standby: int, workdir: Path) -> dict[str, Any]:
                   "decision": next((at for stage, at in action["timeline"] if stage == "decision"), None),
                   "in_rotation": min((at for stage, at in action["timeline"] if "in rotation" in stage), default=None)}
         rel = {k: (round(v - t_burst, 2) if v else None) for k, v in stages.items()}
-        return {"warm_standby": standby, "stages_s_after_burst": rel, "action": action,
-                "load": {k: result.get(k) for k in ("requests", "ok", "failed", "latency_s")}}
+        out = {"warm_standby": standby, "stages_s_after_burst": rel, "action": action, "t_burst": t_burst,
+               "load": {k: result.get(k) for k in ("requests", "ok", "failed", "latency_s")}}
+        if inspect is not None:
+            out.update(inspect(stack, action))
+        return out
     finally:
         stack.down(say=lambda _: None)
 

@@ -153,7 +153,7 @@ def _repair(ep: Endpoints, store: RepairStore, tenant: str, trigger: str, event_
         mlflow.log_text(blob.decode(), "repair/dataset.jsonl")
         mlflow.log_text(json.dumps({"feedback_ids": feedback_ids, "skipped": skipped, "replay": standing.source,
                                     "reason": reason}, indent=1), "repair/lineage.json")
-        out = fine_tune(train_cfg, champ_dir, data, held_c, str(ep.state_dir / "runs" / rid), rid)
+        out = fine_tune(train_cfg, champ_dir, data, held_c, str(ep.state_dir / "runs" / rid), rid, base=champ)
         fix = score_model(out.merged_dir, "repair", held_c, [], [])
         answers = [*standing.policy_answers, *{e.completion for e in train_c}]
         suite_new = score_model(out.merged_dir, "repair", suite, standing.control, answers)

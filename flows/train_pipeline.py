@@ -56,7 +56,7 @@ def train_pipeline_flow(config: str = "configs/train/smollm2_lora.yaml") -> dict
                          "llmops.git_commit": _git_commit(), "prefect.flow_run_id": str(flow_run.get_id())})
         _log_dataset(info.uri, info.digest, train)
         work = ep.state_dir / "runs" / run_id
-        out = fine_tune(cfg, base_dir, train, evaluation, str(work), run_id)
+        out = fine_tune(cfg, base_dir, train, evaluation, str(work), run_id, base=base_ref)
         mlflow.log_metrics({"train/seconds": out.seconds, "train/final_loss": out.final_loss,
                             "output/merged_bytes": out.merged_bytes, "output/adapter_bytes": out.adapter_bytes})
         champion = score_model(base_dir, f"champion v{base_ref.version}", heldout, control, policy_answers)

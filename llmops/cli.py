@@ -126,7 +126,7 @@ def pull_base(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
         cfg = load_stack_config(config, state_dir)
         ep = Endpoints.load(cfg.state_dir)
         ref = ensure_base_registered(MlflowRegistry(ep.mlflow_url), cfg.state_dir / "base" / "smollm2-135m-instruct",
-                                     cfg.model.name, cfg.model.alias)
+                                     cfg.model.name, cfg.model.alias, base_dir=cfg.model.base_dir)
     except LlmopsError as err:
         _fail(err)
     typer.echo(f"{ref.name} v{ref.version} @{cfg.model.alias} sha256 {ref.sha256}")

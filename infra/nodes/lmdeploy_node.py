@@ -14,10 +14,21 @@ it is: the pool's Prometheus rules read those.
 
 from __future__ import annotations
 
-import sys
-from typing import Any
+import time
 
-from infra.nodes.transformers_node import instrument, verified_node_args
+T_START = time.time()  # before any heavy import: the start-up stages below are measured from here
+
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+from infra.nodes.transformers_node import instrument, verified_node_args  # noqa: E402
+
+STAGE_MARK = "llmops-node stage"
+
+
+def mark(stage: str, at: float | None = None) -> None:
+    """One start-up stage with its wall-clock time, in the node log (bench/gpu/elastic.py reads them)."""
+    print(f"{STAGE_MARK}={stage} t={at if at is not None else time.time():.3f}", file=sys.stderr, flush=True)
 
 
 def wrap_uvicorn(served_name: str, version: str, sha256: str) -> None:
@@ -29,6 +40,7 @@ def wrap_uvicorn(served_name: str, version: str, sha256: str) -> None:
 
     def instrumented_run(app: Any = None, *a: Any, **kw: Any) -> Any:
         target = kw.pop("app", app)
+        mark("engine built")  # LMDeploy has loaded the weights and warmed up; the HTTP server starts now
         if not isinstance(target, str):  # an import string is not an app object: leave it
             target = instrument(target, served_name, version, sha256, own_metrics=False)
         return run(target, *a, **kw)
@@ -37,9 +49,13 @@ def wrap_uvicorn(served_name: str, version: str, sha256: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    mark("interpreter up", T_START)
     args, lmdeploy_args = verified_node_args(argv, __doc__)
+    mark("hash verified")
     wrap_uvicorn(args.served_name, args.version, args.sha256)
     from lmdeploy.cli import run
+
+    mark("lmdeploy imported")
 
     sys.argv = ["lmdeploy", *lmdeploy_args]
     run()

@@ -130,7 +130,7 @@ class Stack:
             registry = MlflowRegistry(self.ep.mlflow_url)
             for tp in self.cfg.pools():  # each tenant's model starts as the base model, its own version 1
                 ref = ensure_base_registered(registry, self.cfg.state_dir / "base" / "smollm2-135m-instruct",
-                                             tp.model, self.cfg.model.alias)
+                                             tp.model, self.cfg.model.alias, base_dir=self.cfg.model.base_dir)
                 say(f"  model {ref.name} v{ref.version} (@{self.cfg.model.alias}, tenant {tp.tenant}) "
                     f"sha256 {ref.sha256[:12]}")
             timings["model_s"] = time.monotonic() - t1
@@ -177,16 +177,17 @@ class Stack:
 
     def _deploy_digest(self) -> str:
         """What the registered deployments depend on: prefect.yaml, the tenant pools (scale-<tenant>) and the host
-        class (serve-node/<class>)."""
-        pools = ",".join(f"{p.tenant}:{p.model}" for p in self.cfg.pools()) + f";{self.cfg.serving.host_class or ''}"
+        classes (serve-node/<class>, fine-tune/<class>)."""
+        pools = (",".join(f"{p.tenant}:{p.model}" for p in self.cfg.pools())
+                 + f";{self.cfg.serving.host_class or ''};{self.cfg.training.host_class or ''}")
         return hashlib.sha256((svc.REPO_ROOT / "prefect.yaml").read_bytes() + pools.encode()).hexdigest()
 
     def _prefect_setup(self, say: Say) -> None:
         """Create the process work pool and register every deployment of prefect.yaml."""
         env = {**_base_env(), **svc.prefect_env(self.cfg, self.ep)}
         prefect = svc.which("prefect")
-        host_pools = [[prefect, "work-pool", "create", self.cfg.serving.host_class, "--type", "process", "--overwrite"]
-                      ] if self.cfg.serving.host_class else []
+        host_pools = [[prefect, "work-pool", "create", c, "--type", "process", "--overwrite"]
+                      for c in (self.cfg.serving.host_class, self.cfg.training.host_class) if c]
         for argv in ([prefect, "work-pool", "create", self.cfg.work_pool, "--type", "process", "--overwrite"],
                      *host_pools, [prefect, "--no-prompt", "deploy", "--all"]):
             r = subprocess.run(argv, cwd=svc.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -314,9 +315,10 @@ def tenant_deployments(cfg: StackConfig) -> Path | None:
     """A prefect.yaml of the deployments the stack config adds to prefect.yaml's: one `scale-<tenant>` per tenant
     pool other than the default's (prefect.yaml's `scale` with the trigger narrowed to `llmops.pool.<tenant>.*`
     and its own one-at-a-time limit), and `serve-node/<host class>` on that class's work pool when
-    `serving.host_class` places nodes on other hosts. None if there is nothing to add."""
+    `serving.host_class` places nodes on other hosts, and `fine-tune/<host class>` when `training.host_class`
+    sends fine-tunes to training hosts. None if there is nothing to add."""
     others = [p.tenant for p in cfg.pools() if p.tenant != "default"]
-    if not others and not cfg.serving.host_class:
+    if not others and not cfg.serving.host_class and not cfg.training.host_class:
         return None
     project = yaml.safe_load((svc.REPO_ROOT / "prefect.yaml").read_text())
     scale = next(d for d in project["deployments"] if d["name"] == "scale")
@@ -339,6 +341,15 @@ def tenant_deployments(cfg: StackConfig) -> Path | None:
             "entrypoint": "flows/serve_node.py:serve_node_flow",
             "work_pool": {"name": cfg.serving.host_class},
             "tags": ["serving", f"host-class:{cfg.serving.host_class}"]})
+    if cfg.training.host_class:
+        deployments.append({
+            "name": cfg.training.host_class,
+            "description": f"One fine-tune on a {cfg.training.host_class} host (submitted by train-pipeline and "
+                           "repair; flows/fine_tune_job.py): base version pulled from MLflow and hash-checked, "
+                           "examples from S3, the model back to S3.",
+            "entrypoint": "flows/fine_tune_job.py:fine_tune_job_flow",
+            "work_pool": {"name": cfg.training.host_class},
+            "tags": ["training", f"host-class:{cfg.training.host_class}"]})
     path = cfg.state_dir / "prefect" / "tenant-deployments.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# Rendered by `llmops stack up` from prefect.yaml and the stack config; do not edit.\n"

@@ -14,6 +14,7 @@ import httpx
 from llmops import proc
 from llmops.cgroups import limit_cpu, remove_group
 from llmops.errors import ServiceError
+from llmops.pool.gpus import GpuClaims
 from llmops.pool.state import NodeRecord, NodeStatus
 from llmops.stackconfig import Engine, ServingSettings
 
@@ -75,6 +76,7 @@ class LocalProcessLauncher:
         self.serving_log_dir = serving_log_dir
         self.tenant = tenant
         self.die_with_parent = die_with_parent  # the engine ends with the process that started it (serve-node)
+        self.gpu_claims = GpuClaims(nodes_dir / ".gpus", settings.gpus)
 
     pulls_locally = True
 
@@ -96,18 +98,28 @@ class LocalProcessLauncher:
                "PYTHONPATH": path, "LLMOPS_TENANT": self.tenant}
         if self.serving_log_dir is not None:
             env["LLMOPS_SERVING_LOG"] = str(self.serving_log_dir / f"{node.name}.jsonl")
+        gpu = self.gpu_claims.claim(node.name) if self.settings.gpus else None
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)  # one node per GPU
         argv = engine_argv(Engine(node.engine), node.model, node, self.settings)
         # started at normal priority: a cold start is capacity being added, and on a host the nodes share it must not
         # queue behind the load it is meant to absorb (under a burst a start at nice 5 took 14-17 s, idle 5 s);
         # `wait_ready` lowers it to `serving.nice` once it serves
-        rec = proc.spawn(argv, workdir / "node.log", env=env, cwd=workdir, die_with_parent=self.die_with_parent)
+        try:
+            rec = proc.spawn(argv, workdir / "node.log", env=env, cwd=workdir, die_with_parent=self.die_with_parent)
+        except BaseException:
+            self.gpu_claims.release(node.name)
+            raise
+        if gpu is not None:
+            self.gpu_claims.bind(gpu, node.name, rec)
         if self.settings.cpu_limit > 0:
             try:
                 limit_cpu(rec.pid, self.settings.cpu_limit, self.cgroup_name(node))
             except ServiceError:
                 proc.stop(rec, timeout_s=10)  # never a node without the limit it was asked to have
+                self.gpu_claims.release(node.name)
                 raise
-        return node.model_copy(update={"proc": rec.to_json(), "status": NodeStatus.STARTING})
+        return node.model_copy(update={"proc": rec.to_json(), "status": NodeStatus.STARTING, "gpu": gpu})
 
     def wait_ready(self, node: NodeRecord, timeout_s: float) -> NodeRecord:
         """Ready = `/health` answers, a one-token completion succeeds, and the node serves `node.sha256`."""
@@ -142,9 +154,11 @@ class LocalProcessLauncher:
         self.release(node)
 
     def release(self, node: NodeRecord) -> None:
-        """Remove what a stopped node leaves on the host (its CPU cgroup)."""
+        """Remove what a stopped node leaves on the host (its CPU cgroup, its GPU claim)."""
         if self.settings.cpu_limit > 0:
             remove_group(self.cgroup_name(node))
+        if self.settings.gpus:
+            self.gpu_claims.release(node.name)
 
     def is_alive(self, node: NodeRecord) -> bool:
         rec = node.process()

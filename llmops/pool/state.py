@@ -39,6 +39,7 @@ class NodeRecord(BaseModel):
     standby: bool = False  # warm standby: started, health-checked, weight 0; promoted first on scale-out
     started_at: float | None = None  # wall-clock start (node-seconds and cost are counted from it)
     remote_run: str | None = None  # a node on another host: its `serve-node` flow run (llmops/pool/remote.py)
+    gpu: int | None = None  # the GPU it holds (serving.gpus; llmops/pool/gpus.py)
 
     @property
     def url(self) -> str:

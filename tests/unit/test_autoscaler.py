@@ -98,6 +98,17 @@ def test_scale_out_promotes_standby_first_then_starts_cold_then_refills() -> Non
     assert pool.state.scaling_of("m").actions[-1]["action"] == "scale_out"
 
 
+def test_no_standby_is_kept_that_max_replicas_would_never_let_us_promote() -> None:
+    # one node per GPU on a 2-GPU host: min 1, max 2, one standby; the burst promotes it and nothing refills it
+    policy = POLICY.model_copy(update={"min_replicas": 1, "max_replicas": 2})
+    pool = pool_with(1, 1)
+    result = scaler(pool, Metrics(0.9, 4, 12), policy).run(allow_scale_in=False)
+    assert result.promoted == ["n2"] and result.started == [] and result.standby_started == []
+    assert len(pool.nodes()) == 2
+    pool = pool_with(2, 0)  # at max already: reconcile starts no standby either
+    assert scaler(pool, Metrics(0.5, 0, 2), policy).run(allow_scale_in=False).standby_started == []
+
+
 def test_scale_in_drains_the_newest_serving_nodes_after_the_cooldown() -> None:
     pool = pool_with(4, 1)  # n1-n4 serving, n5 standby
     pool.state.scaling_of("m").low_since = 900.0

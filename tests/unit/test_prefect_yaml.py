@@ -94,3 +94,23 @@ def test_a_host_class_gets_its_serve_node_deployment_on_its_own_work_pool(tmp_pa
 
     flow_obj = getattr(importlib.import_module(module.replace("/", ".").removesuffix(".py")), func)
     assert flow_obj.name == "serve-node"  # the launcher runs `serve-node/<host class>`
+
+
+def test_a_training_host_class_gets_its_fine_tune_deployment_on_its_own_work_pool(tmp_path: Path) -> None:
+    import importlib
+
+    import pytest
+    from pydantic import ValidationError
+
+    from infra.stack.launcher import tenant_deployments
+    from llmops.stackconfig import StackConfig
+
+    path = tenant_deployments(StackConfig.model_validate({"state_dir": tmp_path, "training": {"host_class": "train"}}))
+    assert path is not None
+    (d,) = yaml.safe_load(path.read_text())["deployments"]
+    assert d["name"] == "train" and d["work_pool"] == {"name": "train"} and "triggers" not in d
+    module, func = d["entrypoint"].split(":")
+    flow_obj = getattr(importlib.import_module(module.replace("/", ".").removesuffix(".py")), func)
+    assert flow_obj.name == "fine-tune"  # tasks/train.py runs `fine-tune/<host class>`
+    with pytest.raises(ValidationError, match="a work pool of their own"):
+        StackConfig.model_validate({"training": {"host_class": "local"}})  # the control plane's own pool
