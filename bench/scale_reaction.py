@@ -100,7 +100,7 @@ def one_run(standby: int, workdir: Path, policy: dict[str, Any] | None = None,
         crossed = first_true(ep.prometheus_url, f"(llmops:pool_waiting{sel} > {policy['backlog']}) or "
                              f"(llmops:pool_latency_mean:10s{sel} > {policy['high_latency_s']})", t_burst, time.time())
         firing = first_true(ep.prometheus_url, f'ALERTS{{alertstate="firing",pool="{ep.model_name}",'
-                            f'alertname=~"HighLatency|Backlog|Saturated"}}', t_burst, time.time())
+                            f'alertname=~"HighLatency|Backlog|Saturated|Rising"}}', t_burst, time.time())
         run: dict[str, Any] = api.json("GET", f"/flow_runs/{action['run_id']}")
         flow_started = datetime.fromisoformat(run["start_time"]).timestamp() if run.get("start_time") else None
         run_created = datetime.fromisoformat(run["created"]).timestamp()
