@@ -88,6 +88,41 @@ def _load(name: str) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def _gpu_figure(d: dict[str, Any]) -> tuple[str, bool | None]:
+    """The headline figure of a GPU result (bench/gpu/*.py) and whether it meets its goal, where it has one."""
+    r = d.get("ratios") or {}
+    name = d.get("benchmark", "")
+    if name == "gpu-finetune-methods":
+        plain = r.get("qlora/lora peak memory (no gradient checkpointing, the default)") or 0
+        gc, best = r.get("qlora_gc/lora_gc peak memory") or 0, r.get("qlora_gc_bf16_rest/lora_gc peak memory")
+        model = str(d.get("model", "")).split(" (")[0]
+        return (f"{model}: QLoRA / bf16 LoRA peak memory x{plain:.2f} (no GC), x{gc:.2f} (GC), "
+                f"x{best or 0:.2f} (GC, bf16 rest)"), (best <= 0.4 if best is not None else None)
+    if name == "gpu-full-2gpu":
+        f_mem, f_step = r.get("fsdp2_2gpu/full_1gpu peak memory per GPU") or 0, r.get(
+            "fsdp2_2gpu/full_1gpu step time") or 0
+        z_mem, z_step = r.get("zero3_2gpu/full_1gpu peak memory per GPU") or 0, r.get(
+            "zero3_2gpu/full_1gpu step time") or 0
+        return (f"2 GPUs / 1 GPU: FSDP2 memory per GPU x{f_mem:.2f}, step x{f_step:.2f}; ZeRO-3 memory x{z_mem:.2f}, "
+                f"step x{z_step:.2f}"), None
+    if name == "gpu-serving-vs-hf":
+        at32 = r.get("lmdeploy/hf_loop tokens/s at 32")
+        levels = [f"{c} concurrent x{r.get(f'lmdeploy/hf_loop tokens/s at {c}') or 0:.1f}" for c in (1, 8, 32, 64)]
+        return ", ".join(levels) + " (LMDeploy / HF loop tokens/s)", (at32 >= 5 if at32 is not None else None)
+    if name == "gpu-elastic":
+        runs = {r["run"]: r for r in d.get("runs", [])}
+        parts = [f"{k}: alert -> in rotation {v['alert_to_rotation_s']} s" if "alert_to_rotation_s" in v
+                 else f"{k}: {v.get('error', 'no figure')[:80]}" for k, v in runs.items()]
+        cold = (runs.get("cold") or {}).get("alert_to_rotation_s")
+        return "; ".join(parts) + (" (eager mode)" if d.get("eager_mode") else ""), (
+            cold <= 45 if cold is not None else None)
+    if name == "gpu-lmdeploy-node":
+        levels = d.get("completions") or []
+        return (f"ready {d.get('cold_start_to_ready_s', 0):.1f} s; " + ", ".join(
+            f"{lv['concurrency']}: {lv['tokens_per_s']:.0f} tok/s" for lv in levels)), None
+    return str(d.get("summary") or "see file"), d.get("goal_met")
+
+
 def summary() -> str:
     rows: list[tuple[str, str, str, str, str]] = []  # what, figure, goal, met, source
 
@@ -133,8 +168,9 @@ def summary() -> str:
                 d["overhead_share"] <= 0.10, "demo-cpu.json", d)
     for p in sorted(RESULTS.glob("gpu-*.json")):
         d = json.loads(p.read_text())
-        add(f"GPU: {d.get('benchmark', p.stem)}", d.get("summary") or "see file", d.get("goal", "-"),
-            d.get("goal_met"), p.name, d)
+        figure, met = _gpu_figure(d)
+        add(f"GPU ({d.get('device', '?')}): {d.get('benchmark', p.stem)}", figure, d.get("goal", "-"), met,
+            p.name, d)
     lines = ["# Benchmark summary", "", "Written by `python bench/run_all.py` (`make bench`). Each figure is a ratio "
              "against a baseline measured in the same run; the date is the run's.", "",
              "| what | figure | goal | met | source |", "| --- | --- | --- | --- | --- |"]
