@@ -35,13 +35,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.scale_reaction import one_run  # noqa: E402
 
-# One LMDeploy node takes 32 requests at once (HAProxy maxconn); more wait in HAProxy's queue. The GPU defaults of
-# configs/scaling (mean latency > 200 ms would fire on a random model's 64-token answers even unloaded: ~0.3 s at 1
-# concurrent), so the threshold here sits above an idle node's latency.
+# One LMDeploy node takes 32 requests at once (HAProxy maxconn); more wait in HAProxy's queue. Backlog (> 50 waiting)
+# is the GPU default; the mean-latency threshold sits above an idle node's latency (a random model's 64-token answer
+# takes ~0.3 s at 1 concurrent, ~0.6 s at 32), not at the 200 ms default. The burst (80 req/s x 64 tokens, ~5k
+# tokens/s) is about 1.3x what one node served at 32 concurrent on an H200 (bench/results/gpu-lmdeploy-node-*.json).
 POLICY = {"min_replicas": 1, "max_replicas": 2, "high_latency_s": 2.0, "backlog": 50,
           "target_in_flight_per_node": 32, "alert_for_s": 2, "up_cooldown_s": 15, "down_cooldown_s": 600,
           "max_step": 1, "node_price_per_hour": 1.0, "budget_per_hour": 10.0, "scale_ahead_s": 20}
-LOAD = {"base_rps": 2.0, "burst_rps": 120.0, "duration_s": 150, "burst_start_s": 10.0, "burst_s": 120,
+LOAD = {"base_rps": 2.0, "burst_rps": 80.0, "duration_s": 150, "burst_start_s": 10.0, "burst_s": 120,
         "max_tokens": 64}
 MARK = re.compile(r"llmops-node stage=(?P<stage>[^=]+?) t=(?P<t>[0-9.]+)")
 
@@ -94,7 +95,8 @@ def main() -> None:
 
         model_dir = build_tiny_model(work / "model")
         serving: dict[str, Any] = {"max_concurrency_per_node": 2}
-        policy, load = {**CPU_POLICY, "min_replicas": 1, "max_replicas": 2}, CPU_LOAD
+        policy = {**CPU_POLICY, "min_replicas": 1, "max_replicas": 2}
+        load = {**CPU_LOAD, "burst_rps": a.burst_rps if a.burst_rps != LOAD["burst_rps"] else CPU_LOAD["burst_rps"]}
     else:
         model_dir = build_tiny_model(work / "model", hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536)
         serving = {"engine": "lmdeploy", "lmdeploy_python": sys.executable, "gpus": list(range(2)), "nice": 0,
