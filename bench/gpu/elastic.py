@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--runs", default="cold,warm")
     ap.add_argument("--eager", action="store_true", help="LMDeploy --eager-mode (no CUDA-graph capture)")
     ap.add_argument("--burst-rps", type=float, default=LOAD["burst_rps"])
+    ap.add_argument("--shared-gpu", action="store_true", help="on a 1-GPU machine: both nodes share GPU 0 (no "
+                    "one-node-per-GPU pinning); the scale path and the cold start are the same")
     ap.add_argument("--cpu", action="store_true", help="a dry run of this script on CPU nodes (transformers "
                     "engine, a tiny random model, the CPU bench's policy and load): checks the plumbing, no GPU figure")
     a = ap.parse_args()
@@ -83,8 +85,10 @@ def main() -> None:
     from llmops.tinymodel import build_tiny_model
 
     n_gpus = torch.cuda.device_count()
-    if n_gpus < 2 and not a.cpu:
-        raise SystemExit(f"this bench needs 2 GPUs (one node each); torch sees {n_gpus}: use nvidia-h200-x2")
+    if n_gpus < 2 and not (a.cpu or (a.shared_gpu and n_gpus == 1)):
+        raise SystemExit(f"this bench needs 2 GPUs (one node each); torch sees {n_gpus}: use nvidia-h200-x2, or "
+                         "--shared-gpu on one GPU")
+    shared = n_gpus == 1 and not a.cpu
     card = torch.cuda.get_device_name(0) if n_gpus else "cpu (dry run)"
     a.out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="llmops-gpu-elastic-"))
@@ -99,15 +103,18 @@ def main() -> None:
         load = {**CPU_LOAD, "burst_rps": a.burst_rps if a.burst_rps != LOAD["burst_rps"] else CPU_LOAD["burst_rps"]}
     else:
         model_dir = build_tiny_model(work / "model", hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536)
-        serving = {"engine": "lmdeploy", "lmdeploy_python": sys.executable, "gpus": list(range(2)), "nice": 0,
+        serving = {"engine": "lmdeploy", "lmdeploy_python": sys.executable, "gpus": [] if shared else [0, 1],
+                   "nice": 0,
                    "max_concurrency_per_node": 32, "start_timeout_s": 400, "lmdeploy_eager_mode": a.eager,
                    "lmdeploy_cache_max_entry_count": 0.1, "lmdeploy_max_batch_size": 64}
     print(f"model built in {time.perf_counter() - t:.1f} s: {model_dir}", flush=True)
-    out: dict[str, Any] = {"benchmark": "gpu-elastic", "device": f"{n_gpus}x {card}", "host": platform.node(),
+    out: dict[str, Any] = {"benchmark": "gpu-elastic", "device": f"{n_gpus}x {card}", "shared_gpu": shared,
+                           "host": platform.node(),
                            "date": time.strftime("%Y-%m-%d"), "engine": "lmdeploy pytorch backend",
                            "eager_mode": a.eager, "model": "random llama, SmolLM2-135M shape, bf16",
                            "policy": policy, "load": load, "serving": serving, "runs": []}
-    path = a.out_dir / ("gpu-elastic-cpu-dry-run.json" if a.cpu else f"gpu-elastic{'-eager' if a.eager else ''}.json")
+    tag = f"{'-shared' if shared else ''}{'-eager' if a.eager else ''}-{a.runs.replace(',', '-')}"
+    path = a.out_dir / ("gpu-elastic-cpu-dry-run.json" if a.cpu else f"gpu-elastic{tag}.json")
     for run in a.runs.split(","):
         standby = {"cold": 0, "warm": 1}[run]
         t = time.perf_counter()
