@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from infra.stack.launcher import Stack  # noqa: E402
 from llmops.loadgen.runner import run_load  # noqa: E402
 from llmops.loadgen.schedule import burst  # noqa: E402
-from llmops.pool.state import PoolStore  # noqa: E402
+from llmops.pool.state import NodeStatus, PoolStore  # noqa: E402
 from llmops.prefect_api import PrefectApi  # noqa: E402
 from tests.integration.conftest import free_ports_config, write_config  # noqa: E402
 
@@ -69,9 +69,13 @@ def one_run(standby: int, workdir: Path, policy: dict[str, Any] | None = None,
     try:
         ep = stack.ep
         api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
-        if standby:
-            st = api.wait(api.run_deployment("reconcile", "reconcile"), max(300.0, wait_s))
-            assert st.state == "COMPLETED", st
+        if standby:  # reconcile starts it: this run, or the scheduled one if that one is running (one at a time)
+            api.run_deployment("reconcile", "reconcile")
+            deadline = time.monotonic() + max(300.0, wait_s)
+            while not any(n.standby and n.status is NodeStatus.SERVING for n in stack.pool().nodes()):
+                if time.monotonic() > deadline:
+                    raise SystemExit("reconcile started no warm standby; see the stack logs")
+                time.sleep(1)
             say("warm standby started")
         # only the alert path may act during the burst: the scheduled reconcile is paused (as "pause scaling")
         api.set_paused("reconcile", "reconcile", True)
