@@ -8,6 +8,9 @@ for d in .whl .whl2; do
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "$d"/*.whl && touch "/tmp/llmops-installed$d"
   fi
 done
+if [ -d .gpu/alertmanager ] && [ ! -d /usr/share/prometheus/alertmanager ]; then  # the Debian binary's templates
+  mkdir -p /usr/share/prometheus && cp -r .gpu/alertmanager /usr/share/prometheus/
+fi
 if [ ! -x /opt/llmops-bin/prometheus ]; then
   mkdir -p /opt/llmops-bin && tar -C /opt/llmops-bin -xJf .gpubin/bin.tar.xz
 fi
