@@ -60,7 +60,7 @@ for n in addict apache_tvm_ffi distro fire lmdeploy mmengine_lite openai_harmony
 mkdir -p "$tmp/bin/lib"
 cp /usr/bin/prometheus /usr/bin/prometheus-alertmanager .venv/bin/weed "$tmp/bin/"
 cp /usr/sbin/haproxy "$tmp/bin/haproxy.real"
-ldd /usr/sbin/haproxy | awk '/=> \// {print $3}' | grep -v -E '/(libc|libm|ld-linux)' | xargs -I{} cp -L {} "$tmp/bin/lib/"
+ldd /usr/sbin/haproxy | awk '/=> \// {print $3}' | grep -v -E '/(libc|libm)\.so|ld-linux' | xargs -I{} cp -L {} "$tmp/bin/lib/"
 cat > "$tmp/bin/haproxy" <<'EOF'
 #!/bin/sh
 d=$(dirname "$(readlink -f "$0")")
