@@ -56,9 +56,12 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Netn
 
     tmp = tmp_path_factory.mktemp("remote")
     with NetnsHosts(3) as hosts:
+        # the pool's state in a table (SqlPoolStore, optimistic concurrency) rather than the state dir's file:
+        # the multi-host configuration, exercised by every scale and reconcile run below
         cfg = write_config(tmp, free_ports_config(tmp / "state", host=hosts.gateway, scaling=POLICY,
                                                   serving={"host_class": "cpu", "max_concurrency_per_node": 2,
-                                                           "start_timeout_s": 300}))
+                                                           "start_timeout_s": 300},
+                                                  pool_database=f"sqlite:///{tmp / 'pool.db'}"))
         stack = Stack(cfg)
         started: list[str] = []
 
@@ -98,6 +101,9 @@ def test_nodes_run_on_the_other_hosts_and_serve_through_the_gateway(remote: tupl
     addresses = {h.address for h in hosts.hosts}
     nodes = _nodes(stack)
     assert len(nodes) == 2 and all(n.host in addresses and n.remote_run for n in nodes), nodes
+    from llmops.pool.state import SqlPoolStore
+
+    assert isinstance(stack.pool().store, SqlPoolStore) and not (stack.cfg.state_dir / "pool" / "pool.json").exists()
     r = httpx.post(f"{stack.ep.gateway_url}/v1/chat/completions", timeout=60, json={
         "model": stack.cfg.model.name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
     assert r.status_code == 200, r.text
