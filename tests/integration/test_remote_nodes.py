@@ -1,8 +1,10 @@
-"""Serving nodes on other hosts (issue 9), on three network-namespace hosts (tests/integration/hosts.py).
+"""Serving nodes on other hosts (issue 9), on four network-namespace hosts (tests/integration/hosts.py).
 
 The control plane (Prefect, MLflow, S3, Prometheus, Alertmanager, HAProxy, the receiver and the control-plane
 worker) runs in the root namespace, bound to the bridge address. Each host runs a Prefect process worker of the
-`cpu` host class (at most two nodes per host: `--limit 2`). Nodes are `serve-node` runs those workers pick up: the
+`cpu` host class holding at most one node (`--limit 1`: placement is whichever worker picks a run up, so with two
+per host both of the pool's nodes could land on the host the test cuts, and every request would fail until the
+replacement; a 2026-11-29 run did exactly that). Nodes are `serve-node` runs those workers pick up: the
 host pulls the version from MLflow over the bridge, checks its hash, binds the engine to its own address. Shown:
 the pool's nodes live on the other hosts and serve through the gateway; a burst makes the `scale` flow (alert ->
 Alertmanager -> receiver -> Prefect event) add a node, placed on another host; cutting one host's link fires
@@ -55,7 +57,7 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Netn
     from infra.stack.launcher import Stack
 
     tmp = tmp_path_factory.mktemp("remote")
-    with NetnsHosts(3) as hosts:
+    with NetnsHosts(4) as hosts:
         # the pool's state in a table (SqlPoolStore, optimistic concurrency) rather than the state dir's file:
         # the multi-host configuration, exercised by every scale and reconcile run below
         cfg = write_config(tmp, free_ports_config(tmp / "state", host=hosts.gateway, scaling=POLICY,
@@ -78,7 +80,7 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Netn
             for i, h in enumerate(hosts.hosts):
                 home = tmp / f"host{i}"
                 home.mkdir()
-                hosts.spawn(h, [prefect, "worker", "start", "--pool", "cpu", "--type", "process", "--limit", "2",
+                hosts.spawn(h, [prefect, "worker", "start", "--pool", "cpu", "--type", "process", "--limit", "1",
                                 "--name", f"cpu-{h.address}"], home / "worker.log",
                             env=_worker_env(stack, h.address, home), cwd=ROOT)
                 started.append(h.name)
