@@ -28,6 +28,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from llmops.data.prepare import from_jsonl
 from llmops.data.schema import ChatExample
 from llmops.errors import ServiceError
 from llmops.model_cache import ModelCache
@@ -64,7 +65,7 @@ def fine_tune_job_flow(config: dict[str, Any], model: str, base_version: str, ba
         if hashlib.sha256(body).hexdigest() != data_sha256[split]:
             raise ServiceError(f"{prefix}/{split}.jsonl does not hash to what the submitting flow wrote",
                                "the object store changed under the job: submit the fine-tune again")
-        splits[split] = [ChatExample.model_validate_json(line) for line in body.decode().splitlines() if line.strip()]
+        splits[split] = from_jsonl(body.decode())
     pulled_s = time.monotonic() - t0
     work = home / "fine-tunes" / mlflow_run_id  # a retried run resumes from its checkpoints here
     out = run_fine_tune(cfg, cached.path, splits["train"], splits["eval"], work, mlflow_run_id, log.info)

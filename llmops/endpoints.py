@@ -72,10 +72,6 @@ class Endpoints(BaseModel):
 
     def s3_client(self):  # type: ignore[no-untyped-def]
         """A boto3 S3 client for the stack's object store."""
-        import boto3
-        from botocore.config import Config
+        from llmops.storage import s3_client
 
-        return boto3.client("s3", endpoint_url=self.s3_url, aws_access_key_id=self.s3_access_key,
-                            aws_secret_access_key=self.s3_secret_key, region_name="us-east-1",
-                            config=Config(retries={"max_attempts": 3, "mode": "standard"},
-                                          s3={"addressing_style": "path"}))
+        return s3_client(self.s3_url, self.s3_access_key, self.s3_secret_key)

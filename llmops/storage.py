@@ -28,22 +28,30 @@ def get_json(s3: Any, bucket: str, key: str) -> Any:
     return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
+def s3_client(endpoint: str, access_key: str | None, secret_key: str | None,  # type: ignore[no-untyped-def]
+              region: str = "us-east-1"):
+    """A boto3 S3 client for any S3 endpoint (path-style addressing, standard retries); keys None: boto3's own
+    credential chain."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                        region_name=region, config=Config(retries={"max_attempts": 3, "mode": "standard"},
+                                                          s3={"addressing_style": "path"}))
+
+
 def s3_client_from_env():  # type: ignore[no-untyped-def]
     """A boto3 S3 client from the environment a worker on another host has (no state dir there):
     MLFLOW_S3_ENDPOINT_URL (or AWS_ENDPOINT_URL), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY."""
     import os
-
-    import boto3
-    from botocore.config import Config
 
     endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
     if not endpoint or not os.environ.get("AWS_ACCESS_KEY_ID"):
         raise ServiceError("no S3 endpoint or credentials in this worker's environment",
                            "start the host's worker with MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID and "
                            "AWS_SECRET_ACCESS_KEY of the stack's object store (`llmops stack status` shows them)")
-    return boto3.client("s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-                        config=Config(retries={"max_attempts": 3, "mode": "standard"},
-                                      s3={"addressing_style": "path"}))
+    return s3_client(endpoint, os.environ["AWS_ACCESS_KEY_ID"], os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                     os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
 
 
 def put_dir(s3: Any, bucket: str, prefix: str, root: Path) -> str:

@@ -12,6 +12,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from llmops.data.curated import DEFAULT_DIR, load_curated
 from llmops.data.dataset import build_dataset, store_dataset
 from llmops.data.feedback import list_feedback_objects
+from llmops.data.prepare import from_jsonl
 from llmops.data.schema import ChatExample
 from llmops.endpoints import Endpoints
 from llmops.hashing import dir_sha256
@@ -60,4 +61,4 @@ def load_split(info: DatasetInfo, split: str) -> list[ChatExample]:
     """Read one split of a stored dataset version back from S3."""
     ep = Endpoints.load()
     body = ep.s3_client().get_object(Bucket=info.bucket, Key=f"datasets/{info.digest}/{split}.jsonl")["Body"]
-    return [ChatExample.model_validate_json(line) for line in body.read().decode().splitlines() if line.strip()]
+    return from_jsonl(body.read().decode())

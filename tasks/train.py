@@ -11,6 +11,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.concurrency.sync import concurrency
 
+from llmops.data.prepare import to_jsonl
 from llmops.data.schema import ChatExample
 from llmops.endpoints import Endpoints
 from llmops.errors import ServiceError
@@ -75,10 +76,6 @@ def run_fine_tune(cfg: TrainConfig, base_dir: Path, train: list[ChatExample], ev
                           _size(merged), adapter_bytes, steps, loss, secs, resumed)
 
 
-def examples_jsonl(examples: list[ChatExample]) -> bytes:
-    return "".join(e.model_dump_json() + "\n" for e in examples).encode()
-
-
 @task(timeout_seconds=3600 * 24)
 def fine_tune(cfg: TrainConfig, base_dir: str, train: list[ChatExample], evaluation: list[ChatExample],
               work_dir: str, mlflow_run_id: str, base: ModelVersionRef | None = None) -> FineTuneOutput:
@@ -108,7 +105,7 @@ def _fine_tune_remote(ep: Endpoints, host_class: str, timeout_s: float, cfg: Tra
     from llmops.storage import get_dir, get_json
 
     s3, bucket, prefix = ep.s3_client(), FINE_TUNE_BUCKET, f"fine-tunes/{mlflow_run_id}"
-    data = {"train": examples_jsonl(train), "eval": examples_jsonl(evaluation)}
+    data = {"train": to_jsonl(train).encode(), "eval": to_jsonl(evaluation).encode()}
     for split, body in data.items():
         s3.put_object(Bucket=bucket, Key=f"{prefix}/{split}.jsonl", Body=body)
     api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)

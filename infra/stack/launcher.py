@@ -332,24 +332,16 @@ def tenant_deployments(cfg: StackConfig) -> Path | None:
         for trig in d.get("triggers", []):
             trig["match"]["prefect.resource.id"] = f"llmops.pool.{tenant}.*"
         deployments.append(d)
-    if cfg.serving.host_class:
-        deployments.append({
-            "name": cfg.serving.host_class,
-            "description": f"One serving node on a {cfg.serving.host_class} host (started and cancelled by the "
-                           "scaling flows; llmops/pool/remote.py): pull + hash check on the host, engine on the "
-                           "host's address, alive as long as the node.",
-            "entrypoint": "flows/serve_node.py:serve_node_flow",
-            "work_pool": {"name": cfg.serving.host_class},
-            "tags": ["serving", f"host-class:{cfg.serving.host_class}"]})
-    if cfg.training.host_class:
-        deployments.append({
-            "name": cfg.training.host_class,
-            "description": f"One fine-tune on a {cfg.training.host_class} host (submitted by train-pipeline and "
-                           "repair; flows/fine_tune_job.py): base version pulled from MLflow and hash-checked, "
-                           "examples from S3, the model back to S3.",
-            "entrypoint": "flows/fine_tune_job.py:fine_tune_job_flow",
-            "work_pool": {"name": cfg.training.host_class},
-            "tags": ["training", f"host-class:{cfg.training.host_class}"]})
+    host_classes = (
+        (cfg.serving.host_class, "serving", "flows/serve_node.py:serve_node_flow",
+         "One serving node on a {} host (started and cancelled by the scaling flows; llmops/pool/remote.py): pull + "
+         "hash check on the host, engine on the host's address, alive as long as the node."),
+        (cfg.training.host_class, "training", "flows/fine_tune_job.py:fine_tune_job_flow",
+         "One fine-tune on a {} host (submitted by train-pipeline and repair; flows/fine_tune_job.py): base version "
+         "pulled from MLflow and hash-checked, examples from S3, the model back to S3."))
+    deployments += [{"name": name, "description": about.format(name), "entrypoint": entrypoint,
+                     "work_pool": {"name": name}, "tags": [role, f"host-class:{name}"]}
+                    for name, role, entrypoint, about in host_classes if name]
     path = cfg.state_dir / "prefect" / "tenant-deployments.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# Rendered by `llmops stack up` from prefect.yaml and the stack config; do not edit.\n"

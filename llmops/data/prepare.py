@@ -125,6 +125,11 @@ def to_jsonl(examples: Iterable[ChatExample]) -> str:
     return "".join(json.dumps(ex.model_dump(mode="json"), sort_keys=True) + "\n" for ex in examples)
 
 
+def from_jsonl(text: str) -> list[ChatExample]:
+    """The examples `to_jsonl` wrote (blank lines skipped)."""
+    return [ChatExample.model_validate_json(line) for line in text.splitlines() if line.strip()]
+
+
 def dataset_digest(splits: dict[str, Sequence[ChatExample]]) -> str:
     """sha256 over the canonical JSONL of every split, in split-name order."""
     h = hashlib.sha256()
