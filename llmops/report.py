@@ -239,9 +239,11 @@ def render_html(report: DemoReport, png: bytes | None) -> str:
         parts.append(f"<h3>{html.escape(str(r['title']))}</h3>" + _table(r["rows"]))
     parts.append("<h2>Cost</h2>" + _table([{k: v for k, v in report.cost.items()}] if report.cost else []))
     if report.overhead:
-        parts.append("<h2>Where the time went</h2><p>overhead = the stack's services and model provisioning "
-                     "(its serving nodes' start counts as serving) + flow runs' wait to start + flow time outside "
-                     "training, evaluation and serving tasks (a subflow counted once, inside its parent)</p>"
+        parts.append("<h2>Where the time went</h2><p>overhead = the stack's services and the model's registration "
+                     "(its serving nodes' start counts as serving) + the wait to start of the flow runs the story "
+                     "waited on + their time outside training, evaluation and serving tasks (a subflow counted "
+                     "once, inside its parent). The scale, reconcile and recorded-trigger runs beside the story are "
+                     "the background_* columns, not in the share.</p>"
                      + _table([dict(report.overhead)]))
     if report.links:
         parts.append("<h2>Links</h2><ul>" + "".join(f"<li><a href='{html.escape(u, quote=True)}'>"

@@ -129,8 +129,8 @@ class Stack:
             t1 = time.monotonic()
             registry = MlflowRegistry(self.ep.mlflow_url)
             for tp in self.cfg.pools():  # each tenant's model starts as the base model, its own version 1
-                ref = ensure_base_registered(registry, self.cfg.state_dir / "base" / "smollm2-135m-instruct",
-                                             tp.model, self.cfg.model.alias, base_dir=self.cfg.model.base_dir)
+                ref = ensure_base_registered(registry, tp.model, self.cfg.model.alias,
+                                             base_dir=self.cfg.model.base_dir)
                 say(f"  model {ref.name} v{ref.version} (@{self.cfg.model.alias}, tenant {tp.tenant}) "
                     f"sha256 {ref.sha256[:12]}")
             timings["model_s"] = time.monotonic() - t1

@@ -73,6 +73,7 @@ class Hyper(StrictModel):
     torch_threads: int = Field(2, ge=1)
     lead_tokens: int = Field(0, ge=0)  # weigh the first answer tokens (the ones that choose the answer) ...
     lead_weight: float = Field(1.0, ge=1.0)  # ... this many times in the loss (1: plain mean)
+    cache_frozen_prefix: bool = True  # adapters on the top layers only: run the frozen layers once per example
 
 
 class GateSettings(StrictModel):

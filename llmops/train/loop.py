@@ -17,6 +17,14 @@ from typing import Any
 
 from llmops.data.schema import ChatExample
 from llmops.train.config import Hyper
+from llmops.train.prefix import (
+    MAX_PREFIX_BYTES,
+    FrozenPrefix,
+    find_frozen_prefix,
+    prefix_bytes,
+    prefix_states,
+    top_layers,
+)
 
 MetricSink = Callable[[dict[str, float], int], None]
 IGNORE = -100
@@ -91,21 +99,40 @@ def batches(data: Sequence[Encoded], batch_size: int, seed: int, pad_id: int) ->
                 ids[r, : len(e.input_ids)] = torch.tensor(e.input_ids)
                 labels[r, : len(e.labels)] = torch.tensor(e.labels)
                 mask[r, : len(e.input_ids)] = 1
-            yield {"input_ids": ids, "labels": labels, "attention_mask": mask}
+            yield {"input_ids": ids, "labels": labels, "attention_mask": mask, "rows": torch.tensor(idx)}
         epoch += 1
 
 
-def completion_loss(model: Any, batch: dict[str, Any], lead_tokens: int = 0, lead_weight: float = 1.0) -> Any:
+def with_states(batch: dict[str, Any], states: Sequence[Any]) -> dict[str, Any]:
+    """The batch plus its examples' cached frozen-prefix states as right-padded `inputs_embeds`."""
+    import torch
+
+    rows = [states[int(i)] for i in batch["rows"]]
+    embeds = torch.zeros((len(rows), batch["input_ids"].shape[1], rows[0].shape[-1]), dtype=rows[0].dtype)
+    for r, st in enumerate(rows):
+        embeds[r, : st.shape[0]] = st
+    return {**batch, "inputs_embeds": embeds}
+
+
+def completion_loss(model: Any, batch: dict[str, Any], lead_tokens: int = 0, lead_weight: float = 1.0,
+                    prefix: FrozenPrefix | None = None) -> Any:
     """Mean cross-entropy over answer tokens. Hidden states go through the LM head only where a label is,
     which skips most of the 49k-vocabulary projection for the prompt tokens.
 
     `lead_tokens` > 0 weighs the first answer tokens `lead_weight` times: they decide which answer the
     model gives (the rest of a memorised answer follows from them), so their gradient would otherwise be
-    diluted by the many easy tokens after them."""
+    diluted by the many easy tokens after them.
+
+    With `prefix` and the batch's cached states (`with_states`), only the layers above the frozen prefix run."""
     import torch.nn.functional as F
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    if prefix is not None and "inputs_embeds" in batch:
+        with top_layers(prefix):
+            hidden = inner.model(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
+                                 use_cache=False).last_hidden_state
+    else:
+        hidden = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     logits = inner.lm_head(hidden[:, :-1][keep])
@@ -188,6 +215,7 @@ def run_loop(model: Any, tok: Any, train: Sequence[ChatExample], evaluation: Seq
     it = batches(data, h.batch_size, h.seed, pad)
     for _ in range(start_step * h.grad_accum):  # same data order as an uninterrupted run
         next(it)
+    prefix, states = frozen_prefix_states(model, data, h, pad, device) if start_step < h.max_steps else (None, None)
     if on_start is not None:
         on_start()
     model.train()
@@ -200,8 +228,9 @@ def run_loop(model: Any, tok: Any, train: Sequence[ChatExample], evaluation: Seq
             g["lr"] = lr
         total = 0.0
         for _ in range(h.grad_accum):
-            batch = to_device(next(it), device)
-            loss = completion_loss(model, batch, h.lead_tokens, h.lead_weight) / h.grad_accum
+            batch = next(it)
+            batch = to_device(with_states(batch, states) if states else batch, device)
+            loss = completion_loss(model, batch, h.lead_tokens, h.lead_weight, prefix) / h.grad_accum
             loss.backward()
             total += float(loss.detach())
             tokens += int(batch["attention_mask"].sum())
@@ -236,6 +265,37 @@ def run_loop(model: Any, tok: Any, train: Sequence[ChatExample], evaluation: Seq
     final_step = step + 1 if h.max_steps > start_step else start_step
     return LoopResult(final_step, losses[-1] if losses else float("nan"), best, time.monotonic() - t0, resumed,
                       tuple(losses), stopped)
+
+
+def frozen_prefix_states(model: Any, data: Sequence[Encoded], h: Hyper, pad: int,
+                         device: Any) -> tuple[FrozenPrefix | None, list[Any] | None]:
+    """The frozen prefix and each training example's states entering its first trainable layer, when caching them
+    is on (`hyper.cache_frozen_prefix`), fits in memory and gives the same loss as the full forward on a batch
+    (checked here in eval mode; a model whose decoder treats `inputs_embeds` differently falls back)."""
+    import torch
+
+    prefix = find_frozen_prefix(model) if h.cache_frozen_prefix and data else None
+    if prefix is None:
+        return None, None
+    need = prefix_bytes(prefix, data)
+    if need > MAX_PREFIX_BYTES:
+        print(f"frozen-prefix cache off: {need / 2**30:.1f} GiB of states > {MAX_PREFIX_BYTES / 2**30:.0f} GiB")
+        return None, None
+    t0 = time.monotonic()
+    states = prefix_states(prefix, data, h.batch_size, pad)
+    probe = next(batches(data, min(h.batch_size, len(data)), h.seed, pad))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        full = float(completion_loss(model, to_device(probe, device)))
+        cached = float(completion_loss(model, to_device(with_states(probe, states), device), prefix=prefix))
+    model.train(was_training)
+    if not math.isclose(full, cached, rel_tol=1e-3, abs_tol=1e-4):
+        print(f"frozen-prefix cache off: its loss {cached:.5f} differs from the full forward's {full:.5f}")
+        return None, None
+    print(f"frozen-prefix cache: layers 0-{prefix.first_trainable - 1} run once per example "
+          f"({len(data)} examples, {need / 2**20:.0f} MiB, {time.monotonic() - t0:.1f}s); steps run the layers above")
+    return prefix, states
 
 
 def eval_loss(model: Any, held: Sequence[Encoded], batch_size: int, pad: int) -> float:

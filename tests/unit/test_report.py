@@ -109,17 +109,52 @@ def test_overhead_counts_a_subflow_once_and_the_nodes_start_as_serving() -> None
     waits are measured from due to start; the stack's node start is serving, its services are overhead."""
     from llmops.demo_report import overhead_split
 
-    def run(rid: str, secs: float, due: str, start: str, parent: str | None = None) -> dict[str, object]:
-        return {"id": rid, "total_run_time": secs, "expected_start_time": due, "start_time": start,
-                "parent_task_run_id": parent}
-    runs = [run("train", 300, "2026-11-29T10:00:00+00:00", "2026-11-29T10:00:03+00:00"),
-            run("repair", 200, "2026-11-29T10:10:00+00:00", "2026-11-29T10:10:04+00:00"),
-            run("rollout", 60, "2026-11-29T10:12:00+00:00", "2026-11-29T10:12:00+00:00", parent="task-1")]
-    tasks = [{"task_key": "fine_tune-abc", "total_run_time": 250}, {"task_key": "score_model-1", "total_run_time": 30},
-             {"task_key": "fine_tune-def", "total_run_time": 90}, {"task_key": "score_model-2", "total_run_time": 40},
-             {"task_key": "roll_out_canary-x", "total_run_time": 58}, {"task_key": "register_challenger-1",
-                                                                      "total_run_time": 5}]
+    runs = [_run("train", 300, "10:00:00", "10:00:03"), _run("repair", 200, "10:10:00", "10:10:04"),
+            _run("rollout", 60, "10:12:00", "10:12:00", parent="t-sub")]
+    tasks = [_task("t1", "train", "fine_tune-abc", 250), _task("t2", "train", "score_model-1", 30),
+             _task("t3", "repair", "fine_tune-def", 90), _task("t4", "repair", "score_model-2", 40),
+             _task("t-sub", "repair", "rollout-0", 60), _task("t5", "rollout", "roll_out_canary-x", 58),
+             _task("t6", "repair", "register_challenger-1", 5)]
     o = overhead_split(runs, tasks, wall_s=1000, stack_up_s=70, nodes_s=20)
     assert o["in_flows_s"] == 500 and o["work_tasks_s"] == 468  # not 560: the subflow is inside the repair run
     assert o["flow_start_waits_s"] == 7 and o["stack_up_s"] == 50 and o["nodes_start_s"] == 20
     assert o["overhead_s"] == 50 + 7 + (500 - 468) and o["overhead_share"] == 0.089
+    assert o["flow_runs"] == 2 and o["background_runs"] == 0
+
+
+def test_runs_beside_the_story_are_background_not_overhead() -> None:
+    """Scheduled reconcile and alert-triggered scale runs the demo does not wait on are counted apart: their
+    starts and their time outside work do not enter the overhead share; the foreground's do."""
+    from llmops.demo_report import overhead_split
+
+    runs = [_run("train", 300, "10:00:00", "10:00:03"), _run("rec1", 6, "10:01:00", "10:01:02"),
+            _run("scale1", 20, "10:02:00", "10:02:09"), _run("dup-repair", 0.1, "10:03:00", "10:03:04")]
+    tasks = [_task("t1", "train", "fine_tune-a", 290), _task("t2", "rec1", "autoscale-b", 1),
+             _task("t3", "scale1", "autoscale-c", 15)]
+    o = overhead_split(runs, tasks, wall_s=800, stack_up_s=40, nodes_s=10, foreground={"train"})
+    assert o["flow_runs"] == 1 and o["flow_start_waits_s"] == 3 and o["work_tasks_s"] == 290
+    assert o["overhead_s"] == 30 + 3 + 10
+    assert o["background_runs"] == 3 and o["background_start_waits_s"] == 15
+    assert abs(o["background_outside_work_s"] - (26.1 - 16)) < 0.05
+    every = overhead_split(runs, tasks, wall_s=800, stack_up_s=40, nodes_s=10)
+    assert abs(every["overhead_s"] - (o["overhead_s"] + 15 + 10.1)) < 0.05 and every["background_runs"] == 0
+
+
+def test_stage_links_name_the_runs_the_demo_waited_on() -> None:
+    from llmops.demo_report import stage_flow_runs
+
+    rid = "df6ed754-62ad-4f66-97a7-69bc908bc65f"
+    st = Stage("[3/6] train", 0.0, links=[("prefect", f"http://127.0.0.1:4200/runs/flow-run/{rid}"),
+                                         ("mlflow", "http://127.0.0.1:5000/#/models/x/versions/2")])
+    report = DemoReport("demo", "m", 0.0)
+    report.stages.append(st)
+    assert stage_flow_runs(report) == {rid}
+
+
+def _run(rid: str, secs: float, due: str, start: str, parent: str | None = None) -> dict[str, object]:
+    return {"id": rid, "total_run_time": secs, "expected_start_time": f"2026-11-29T{due}+00:00",
+            "start_time": f"2026-11-29T{start}+00:00", "parent_task_run_id": parent}
+
+
+def _task(tid: str, flow_run: str, key: str, secs: float) -> dict[str, object]:
+    return {"id": tid, "flow_run_id": flow_run, "task_key": key, "total_run_time": secs}
