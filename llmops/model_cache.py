@@ -62,7 +62,12 @@ class ModelCache:
         try:
             fetch(tmp)
             self.verify(tmp, sha256)
-            tmp.rename(final)
+            try:
+                tmp.rename(final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # a concurrent pull of the same version renamed its copy first
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

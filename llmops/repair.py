@@ -265,6 +265,19 @@ class RepairStore:
             return st.model_copy(update={"running": mine}), None
         return self._transact(change)
 
+    def record_if_running(self, alert: dict[str, str], now: float) -> RunningRepair | None:
+        """Record `alert` against the live repair, if one runs (the receiver then starts no run for it); None and
+        nothing written otherwise."""
+        def change(st: RepairState) -> tuple[RepairState, RunningRepair | None]:
+            cur = st.running
+            if cur is None or now - cur.started_at >= self.stale_s:
+                return st, None
+            held = cur.model_copy(update={"alerts": [*cur.alerts, alert]})
+            return st.model_copy(update={"running": held}), held
+        if not self.path.is_file():
+            return None
+        return self._transact(change)
+
     def release(self, run_id: str, outcome: dict[str, Any]) -> RunningRepair | None:
         """Free the slot (if this run holds it) and append the outcome to the history; returns what it held."""
         def change(st: RepairState) -> tuple[RepairState, RunningRepair | None]:

@@ -39,6 +39,7 @@ from llmops.endpoints import Endpoints
 from llmops.errors import LlmopsError, ServiceError
 from llmops.pool.state import pool_store
 from llmops.prefect_api import PrefectApi
+from llmops.repair import RepairStore
 from llmops.stackconfig import StackConfig, load_effective_config
 from llmops.tenants import resolve_secret
 from llmops.webhooks import FeedbackHook, NonceStore, WebhookRejected, hook_event, verify
@@ -47,6 +48,9 @@ MAX_BODY = 1 << 20  # 1 MiB: Alertmanager groups are small
 MAX_HOOK_BODY = 256 * 1024
 FEEDBACK_BUCKET = "llmops"
 FEEDBACK_PREFIX = "feedback/"  # what configs/train/*.yaml read (data.feedback_prefix)
+
+
+REGRESSION, REGRESSION_HELD = "llmops.regression.detected", "llmops.regression.held"
 
 
 def prefect_secret_block(api_url: str) -> Callable[[str], str | None]:
@@ -148,6 +152,18 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
         return hold_reason(event, serving, standby, state.scaling_of(pool.model).last_scale_out_at, pool.scaling,
                            time.time())
 
+    repairs = RepairStore(cfg.state_dir / "repair" / "state.json")
+
+    def repair_hold_reason(event: dict[str, Any]) -> str | None:
+        """A RegressionDetected re-sent (Alertmanager's repeat_interval) while a repair runs is recorded against
+        that repair here, as the repair flow would do, without starting a flow run that could only do that."""
+        if event["event"] != REGRESSION:
+            return None
+        p = event["payload"]
+        running = repairs.record_if_running({"event_id": event["id"], "trigger": REGRESSION,
+                                             "reason": f"{p['alert']} on {p['pool']} ({p['tenant']})"}, time.time())
+        return f"repair {running.run_id} is running: this trigger is recorded against it" if running else None
+
     def send(events: list[dict[str, Any]]) -> None:
         if post_events is not None:
             post_events(events)
@@ -181,9 +197,10 @@ def create_app(cfg: StackConfig, ep: Endpoints, token: str,
         except LlmopsError as err:
             raise HTTPException(422, f"{err.problem}; fix: {err.fix}") from None
         for e in events:  # alerts that could only lead to `hold` start no flow run (llmops.alerts.hold_reason)
-            why = pool_hold_reason(e)
+            why = pool_hold_reason(e) or repair_hold_reason(e)
             if why:
-                e["event"], e["payload"]["held"] = HELD, why
+                e["event"] = REGRESSION_HELD if e["event"] == REGRESSION else HELD
+                e["payload"]["held"] = why
         await run_in_threadpool(send, events)  # may wait out Prefect's 503 retries: never on the event loop
         for e in events:
             alerts_in.labels(e["payload"]["alert"], e["payload"]["status"]).inc()

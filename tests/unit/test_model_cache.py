@@ -98,3 +98,28 @@ def test_failed_fetch_leaves_no_partial_directory(tmp_path: Path) -> None:
     with pytest.raises(ConnectionError):
         cache.get("0" * 64, broken)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_two_concurrent_pulls_of_one_version_both_get_it(tmp_path: Path) -> None:
+    """Nodes of two pools (or a scale-out of two) started at once on a cold cache: both fetch, the second rename
+    finds the first's verified copy in place and uses it instead of failing."""
+    import threading
+
+    src = make_model(tmp_path / "src")
+    sha = dir_sha256(src)
+    cache = ModelCache(tmp_path / "cache")
+    fetch, _ = copier(src)
+    both_fetched = threading.Barrier(2)
+
+    def slow_fetch(dest: Path) -> None:
+        fetch(dest)
+        both_fetched.wait(timeout=10)  # neither renames before both have fetched
+
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get(sha, slow_fetch))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and {r.path for r in results} == {cache.path_for(sha)}  # type: ignore[attr-defined]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"sha256-{sha}"]  # no temporary copy left

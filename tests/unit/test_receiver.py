@@ -111,3 +111,27 @@ def test_a_scale_out_alert_that_could_only_hold_starts_no_run(client: tuple[Test
         ["llmops.alert.firing"]
     other = c.post("/alertmanager", json=scale_out_alert(model, tenant="globex"), headers=auth)
     assert [e["event"] for e in other.json()["events"]] == ["llmops.alert.firing"]
+
+
+def test_a_regression_re_sent_during_a_repair_is_recorded_against_it_and_starts_no_run(
+        client: tuple[TestClient, list[Any]], tmp_path: Path) -> None:
+    """RegressionDetected with no repair running goes out as `llmops.regression.detected` (the repair trigger);
+    re-sent while one runs, it is recorded against that repair and posted as `llmops.regression.held`."""
+    from llmops.repair import RepairStore
+
+    c, posted = client
+    auth = {"Authorization": "Bearer t0ken"}
+    model = StackConfig(state_dir=tmp_path).model.name
+    alert = scale_out_alert(model, name="RegressionDetected")
+    alert["alerts"][0]["labels"]["action"] = "repair"
+    assert [e["event"] for e in c.post("/alertmanager", json=alert, headers=auth).json()["events"]] == \
+        ["llmops.regression.detected"]
+    store = RepairStore(tmp_path / "repair" / "state.json")
+    assert store.claim("repair-run-1", "llmops.regression.detected", {}, time.time()) is None
+    r = c.post("/alertmanager", json=alert, headers=auth)
+    assert [e["event"] for e in r.json()["events"]] == ["llmops.regression.held"]
+    assert "repair repair-run-1 is running" in posted[-1][1][0]["payload"]["held"]
+    done = store.release("repair-run-1", {"outcome": "promoted"})
+    assert done is not None and [a["event_id"] for a in done.alerts] == [r.json()["events"][0]["id"]]
+    assert [e["event"] for e in c.post("/alertmanager", json=alert, headers=auth).json()["events"]] == \
+        ["llmops.regression.detected"]  # released: the next one triggers a repair again
