@@ -55,7 +55,8 @@ def run_demo() -> int:
                               "--state-dir", str(tmp / "state")], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     wall = time.monotonic() - t
     reports = sorted((tmp / "state" / "reports").glob("demo-*.html"))
-    doc = {"benchmark": "demo", "rc": rc, "wall_s": round(wall, 1), "log": str(log.relative_to(ROOT)),
+    doc = {"benchmark": "demo", "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "rc": rc, "wall_s": round(wall, 1),
+           "log": str(log.relative_to(ROOT)),
            "report": str(reports[-1]) if reports else None}
     doc.update(_demo_figures(log.read_text()))
     (RESULTS / "demo-cpu.json").write_text(json.dumps(doc, indent=1))
@@ -76,11 +77,25 @@ def _demo_figures(text: str) -> dict[str, Any]:
         out["canary_s"] = int(m.group(1))
     if m := re.search(r"orchestration overhead (\d+)s \(([\d.]+)%", text):
         out["overhead_s"], out["overhead_share"] = int(m.group(1)), float(m.group(2)) / 100
+    if m := re.search(r"beside the story\s+(\d+)\s+scale/reconcile/trigger runs:\s+(\d+)s of starts,\s+(\d+)s "
+                      r"outside work", text):
+        out["background_runs"], out["background_starts_s"], out["background_outside_s"] = map(int, m.groups())
     if m := re.search(r"alert -> fixed version at 100%: (\d+)s", text):
         out["repair_loop_s"] = int(m.group(1))
     if m := re.search(r"exact match ([\d.]+); bad-feedback ratio", text):
         out["repair_heldout_exact_match"] = float(m.group(1))
     return out
+
+
+def _record_run(name: str, rc: int, seconds: float) -> None:
+    """bench/results/run-all.json: each benchmark's last exit status, wall time and date (a subset run updates
+    its entries only)."""
+    import platform
+
+    doc = _load("run-all.json") or {"runs": {}}
+    doc["runs"][name] = {"rc": rc, "seconds": round(seconds, 1), "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                         "machine": f"{platform.node()}, {os.cpu_count()} cores"}
+    (RESULTS / "run-all.json").write_text(json.dumps(doc, indent=1))
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -165,8 +180,12 @@ def summary() -> str:
             add("repair loop (RegressionDetected firing -> fixed version at 100%)", f"{d['repair_loop_s']} s",
                 "<= 300 s", d["repair_loop_s"] <= 300, "demo-cpu.json", d)
         if "overhead_share" in d:
-            add("orchestration overhead of the demo", f"{d['overhead_share']:.1%} ({d['overhead_s']} s)", "<= 10%",
-                d["overhead_share"] <= 0.10, "demo-cpu.json", d)
+            fig = f"{d['overhead_share']:.1%} ({d['overhead_s']} s)"
+            if "background_runs" in d:
+                fig += (f"; beside the story {d['background_runs']} scale/reconcile/trigger runs took "
+                        f"{d['background_starts_s']} s of starts and {d['background_outside_s']} s outside work")
+            add("orchestration overhead of the demo (stack services, and the flow runs the story waits on: their "
+                "starts and time outside work tasks)", fig, "<= 10%", d["overhead_share"] <= 0.10, "demo-cpu.json", d)
     for p in sorted(RESULTS.glob("gpu-*.json")):
         d = json.loads(p.read_text())
         figure, met = _gpu_figure(d)
@@ -176,6 +195,11 @@ def summary() -> str:
              "against a baseline measured in the same run; the date is the run's.", "",
              "| what | figure | goal | met | source |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+    if runs := (_load("run-all.json") or {}).get("runs"):
+        lines += ["", "Wall time of each CPU benchmark's last run through this script:", "",
+                  "| benchmark | exit | wall time | date | machine |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {n} | {r['rc']} | {r['seconds'] / 60:.1f} min | {r['date'][:16]} | {r['machine']} |"
+                  for n, r in runs.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -195,6 +219,7 @@ def main() -> None:
             t = time.monotonic()
             rc = run_demo() if n == "demo" else subprocess.call(BENCHES[n], cwd=ROOT, env=env)
             print(f"== {n}: exit {rc} after {time.monotonic() - t:.0f}s", flush=True)
+            _record_run(n, rc, time.monotonic() - t)
             if rc != 0:
                 failed.append(n)
     text = summary()

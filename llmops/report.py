@@ -153,7 +153,7 @@ def plot_timeline(tl: Timeline, title: str = "") -> bytes:
     axes[0].plot(*rel(tl.request_rate), color="tab:blue")
     axes[0].set_ylabel("requests/s")
     axes[1].plot(*rel(tl.p95_s), color="tab:orange")
-    axes[1].set_ylabel("p95 latency s")
+    axes[1].set_ylabel("node p95 s")  # at the nodes: time queued in HAProxy is not in it
     axes[2].step(*rel(tl.serving_nodes), where="post", color="tab:green")
     axes[2].set_ylabel("serving nodes")
     axes[2].set_ylim(bottom=0)
