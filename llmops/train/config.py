@@ -73,7 +73,9 @@ class Hyper(StrictModel):
     torch_threads: int = Field(2, ge=1)
     lead_tokens: int = Field(0, ge=0)  # weigh the first answer tokens (the ones that choose the answer) ...
     lead_weight: float = Field(1.0, ge=1.0)  # ... this many times in the loss (1: plain mean)
-    cache_frozen_prefix: bool = True  # adapters on the top layers only: run the frozen layers once per example
+    # adapters on the top layers only: run the frozen layers once per example. None (auto): when the run passes over
+    # the data at least twice, where it pays (at ~1 pass it saves ~9% and changes the training's rounding path)
+    cache_frozen_prefix: bool | None = None
 
 
 class GateSettings(StrictModel):

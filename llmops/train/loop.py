@@ -269,12 +269,15 @@ def run_loop(model: Any, tok: Any, train: Sequence[ChatExample], evaluation: Seq
 
 def frozen_prefix_states(model: Any, data: Sequence[Encoded], h: Hyper, pad: int,
                          device: Any) -> tuple[FrozenPrefix | None, list[Any] | None]:
-    """The frozen prefix and each training example's states entering its first trainable layer, when caching them
-    is on (`hyper.cache_frozen_prefix`), fits in memory and gives the same loss as the full forward on a batch
-    (checked here in eval mode; a model whose decoder treats `inputs_embeds` differently falls back)."""
+    """The frozen prefix and each training example's states entering its first trainable layer, when caching
+    them is on (`hyper.cache_frozen_prefix`; auto: the run passes over the data twice or more), fits in memory and
+    gives the same loss as the full forward on a batch (checked here in eval mode; a model whose decoder treats
+    `inputs_embeds` differently falls back)."""
     import torch
 
-    prefix = find_frozen_prefix(model) if h.cache_frozen_prefix and data else None
+    views = h.max_steps * h.batch_size * h.grad_accum
+    wanted = h.cache_frozen_prefix if h.cache_frozen_prefix is not None else views >= 2 * len(data)
+    prefix = find_frozen_prefix(model) if wanted and data else None
     if prefix is None:
         return None, None
     need = prefix_bytes(prefix, data)

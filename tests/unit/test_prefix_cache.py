@@ -27,7 +27,7 @@ def deep_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("deep") / "tiny-llama-6", layers=6)
 
 
-def cfg(last_layers: int | None, cache: bool = True, steps: int = 6) -> TrainConfig:
+def cfg(last_layers: int | None, cache: bool | None = True, steps: int = 6) -> TrainConfig:
     return TrainConfig(method=Method.LORA, lora=LoraSettings(last_layers=last_layers, dropout=0.0),
                        hyper=Hyper(max_steps=steps, batch_size=4, learning_rate=5e-3, checkpoint_every=100,
                                    torch_threads=1, lead_tokens=2, lead_weight=3.0, cache_frozen_prefix=cache)
@@ -76,3 +76,11 @@ def test_a_run_with_the_cache_follows_the_plain_run(deep_model_dir: Path, tmp_pa
     assert "frozen-prefix cache: layers 0-3 run once per example (12 examples" in capsys.readouterr().out
     assert cached.losses == pytest.approx(plain.losses, rel=2e-2)
     assert cached.losses[-1] < cached.losses[0]
+
+
+def test_auto_caches_only_when_the_run_passes_over_the_data_twice(deep_model_dir: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    train_adapter(cfg(2, cache=None, steps=5), deep_model_dir, EXAMPLES, [], tmp_path / "once")  # 20 of 12: 1.7x
+    assert "frozen-prefix cache" not in capsys.readouterr().out
+    train_adapter(cfg(2, cache=None, steps=6), deep_model_dir, EXAMPLES, [], tmp_path / "twice")  # 24 of 12: 2x
+    assert "frozen-prefix cache: layers 0-3" in capsys.readouterr().out
