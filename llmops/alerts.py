@@ -87,14 +87,18 @@ HELD = "llmops.alert.held"
 
 def hold_reason(event: dict[str, Any], serving: int, standby: int, last_scale_out_at: float | None,
                 policy: ScalePolicy, now: float) -> str | None:
-    """Why a firing scale-out alert of a pool cannot lead to any action now, or None if it can.
+    """Why a firing scale-out (or scale-in) alert of a pool cannot lead to any action now, or None if it can.
 
     A held alert is still posted (as `llmops.alert.held`, with the reason) but starts no `scale` run: at the cap
     (serving nodes at max_replicas or what the budget pays, no standby to promote) or inside the scale-out
     cool-down, the flow could only decide `hold`, and on a saturated host each useless run is a process start that
     competes with the nodes for CPU. Alertmanager re-sends a still-firing alert (repeat_interval), and `reconcile`
     runs on its schedule, so a held alert is acted on once an action is possible again."""
-    if event.get("event") != "llmops.alert.firing" or event["resource"].get("llmops.action") != "scale_out":
+    if event.get("event") != "llmops.alert.firing":
+        return None
+    if event["resource"].get("llmops.action") == "scale_in":  # LowUtilisation triggers reconcile: only above min
+        return None if serving > policy.min_replicas else f"at min replicas ({serving} serving): nothing to scale in"
+    if event["resource"].get("llmops.action") != "scale_out":
         return None
     cap = policy.serving_cap
     if serving >= cap and standby == 0 and serving >= policy.min_replicas:

@@ -192,12 +192,24 @@ def _is_low(obs: Observation, serving: int, policy: ScalePolicy) -> bool:
             and (obs.in_flight / capacity) < policy.scale_in_utilisation)
 
 
+def _window_low(obs: Observation, serving: int, policy: ScalePolicy) -> bool:
+    """The peak load over the last `down_cooldown_s` was itself under the scale-in utilisation."""
+    peak = _finite(obs.peak_load)
+    return peak is not None and peak / (max(serving, 1) * policy.target_in_flight_per_node) < \
+        policy.scale_in_utilisation
+
+
 def desired_replicas(obs: Observation, pool: PoolView, policy: ScalePolicy, now: float,
                      allow_scale_in: bool = False) -> ScaleDecision:
     """Decide the pool's serving size now. Pure: same inputs, same decision."""
     cur = pool.serving
     low = _is_low(obs, cur, policy)
     low_since = (pool.low_since if pool.low_since is not None else now) if low else None
+    if low_since is not None and _window_low(obs, cur, policy):
+        # Prometheus saw the whole cool-down window low (its peak in flight + waiting under the scale-in line): the
+        # cool-down has been served even if no earlier pass was there to see it start (a run the LowUtilisation
+        # alert triggered, or the first scheduled one after a quiet minute)
+        low_since = min(low_since, now - policy.down_cooldown_s)
     hard_cap = policy.serving_cap
     want, reasons = demand(obs, cur, policy)
     if cur < policy.min_replicas:

@@ -135,3 +135,34 @@ def test_a_regression_re_sent_during_a_repair_is_recorded_against_it_and_starts_
     assert done is not None and [a["event_id"] for a in done.alerts] == [r.json()["events"][0]["id"]]
     assert [e["event"] for e in c.post("/alertmanager", json=alert, headers=auth).json()["events"]] == \
         ["llmops.regression.detected"]  # released: the next one triggers a repair again
+
+
+def test_low_utilisation_triggers_reconcile_only_above_min(client: tuple[TestClient, list[Any]],
+                                                            tmp_path: Path) -> None:
+    """LowUtilisation (action scale_in) starts the reconcile deployment at once (prefect.yaml); at min replicas it
+    could do nothing, so the receiver posts it held (idle hours would otherwise start a run every repeat)."""
+    c, posted = client
+    auth = {"Authorization": "Bearer t0ken"}
+    model = StackConfig(state_dir=tmp_path).model.name
+    low = scale_out_alert(model, name="LowUtilisation")
+    low["alerts"][0]["labels"]["action"] = "scale_in"
+    r = c.post("/alertmanager", json=low, headers=auth)  # 1 serving (+1 standby), min 2
+    assert [e["event"] for e in r.json()["events"]] == ["llmops.alert.held"]
+    assert "at min replicas" in posted[-1][1][0]["payload"]["held"]
+    store = PoolStore(tmp_path / "pool" / "pool.json")
+    with store.update() as st:
+        for i in (3, 4):
+            st.nodes[f"node{i}"] = st.nodes["node1"].model_copy(update={"name": f"node{i}", "port": i})
+    r = c.post("/alertmanager", json=low, headers=auth)  # 3 serving > min 2: reconcile may drain one
+    assert [e["event"] for e in r.json()["events"]] == ["llmops.alert.firing"]
+    assert r.json()["events"][0]["resource"] == f"llmops.pool.default.{model}"
+
+
+def test_reconcile_deployment_is_triggered_by_scale_in_alerts() -> None:
+    import yaml
+
+    deps = {d["name"]: d for d in yaml.safe_load((Path(__file__).parents[2] / "prefect.yaml").read_text())
+            ["deployments"]}
+    (trigger,) = deps["reconcile"]["triggers"]
+    assert trigger["match"]["llmops.action"] == "scale_in" and trigger["expect"] == ["llmops.alert.firing"]
+    assert deps["reconcile"]["schedules"] == [{"interval": 60}]

@@ -104,3 +104,16 @@ def test_policy_refuses_contradictions() -> None:
         ScalePolicy(min_replicas=3, max_replicas=2)
     with pytest.raises(ValidationError, match="raise the budget"):
         ScalePolicy(min_replicas=3, budget_per_hour=2.0, node_price_per_hour=1.0)
+
+
+def test_a_window_prometheus_saw_low_serves_the_cool_down_at_once() -> None:
+    """A reconcile run triggered by LowUtilisation (or the first scheduled one after a quiet minute) finds no
+    earlier pass that saw the load go low; Prometheus' peak over the cool-down window shows it was low all along,
+    so the pool scales in now. A peak above the scale-in line only starts the clock."""
+    quiet = Observation(0.05, 0, 1, peak_load=2.0)  # 2 of 4 x 4 = 0.125 of capacity
+    d = desired_replicas(quiet, PoolView(4), P, NOW, allow_scale_in=True)
+    assert d.action is Action.IN and d.desired == 2, d
+    busy_then = Observation(0.05, 0, 1, peak_load=12.0)  # 0.75 of capacity inside the window
+    d = desired_replicas(busy_then, PoolView(4), P, NOW, allow_scale_in=True)
+    assert d.action is Action.HOLD and d.low_since == NOW and "cool-down: 60 s left" in d.reasons[0], d
+    assert desired_replicas(quiet, PoolView(4), P, NOW, allow_scale_in=False).action is Action.HOLD  # scale: never in
