@@ -4,8 +4,10 @@
 
 Each method runs in a fresh process (so peak RSS is its own): lora, qlora, dora, same data (the first `--examples`
 curated examples, several epochs of them as a real fine-tune has), same adapter (r=16, top 10 layers), same batch.
-A fourth arm, `lora-full-forward`, turns the frozen-prefix cache off (`hyper.cache_frozen_prefix: false`): every
-step then runs the 20 frozen layers too. Prints s/step, the whole run's time (the cache's one pass included) and
+A fourth arm, `lora-full-forward`, turns the frozen-prefix cache and the shared prompt prefix off
+(`hyper.cache_frozen_prefix: false`, `hyper.share_prompt_prefix: false`): every step then runs the 20 frozen layers
+and every example's system turn too. A fifth, `lora-shared-prefix`, is the path of a run over the data about once
+(the demo's): no frozen-prefix cache, the tokens every example starts with run once per batch. Prints s/step, the whole run's time (the cache's one pass included) and
 peak memory with the ratios to lora measured in this run, and writes bench/results/finetune-<host>.json.
 """
 
@@ -24,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-ARMS = {"lora": ("lora", True), "qlora": ("qlora", True), "dora": ("dora", True),
-        "lora-full-forward": ("lora", False)}
+ARMS = {"lora": ("lora", True, True), "qlora": ("qlora", True, True), "dora": ("dora", True, True),
+        "lora-full-forward": ("lora", False, False), "lora-shared-prefix": ("lora", False, True)}
 
 
 def one(arm: str, steps: int, batch: int, examples: int, base: Path) -> dict[str, float]:
@@ -35,11 +37,11 @@ def one(arm: str, steps: int, batch: int, examples: int, base: Path) -> dict[str
     from llmops.train.adapters import train_adapter
     from llmops.train.config import Hyper, LoraSettings, Method, TrainConfig
 
-    method, cache = ARMS[arm]
+    method, cache, share = ARMS[arm]
     data = list(load_curated().train)[:examples]
     cfg = TrainConfig(method=Method(method), lora=LoraSettings(last_layers=10),
                       hyper=Hyper(max_steps=steps, batch_size=batch, checkpoint_every=10_000,
-                                  cache_frozen_prefix=cache)).resolved()
+                                  cache_frozen_prefix=cache, share_prompt_prefix=share)).resolved()
     times: list[float] = []
     last = [time.perf_counter()]
 
@@ -68,6 +70,7 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=64, help="curated examples to train on (steps*batch/examples "
                     "epochs; the demo's fine-tune does about 3)")
     ap.add_argument("--base", type=Path, default=None, help="model dir (default: the converted SmolLM2)")
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms to run (lora always runs)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -80,7 +83,10 @@ def main() -> None:
     if not (args.base / "model.safetensors").is_file():
         sys.exit(f"no model at {args.base}: give a Hugging Face model directory")
     results = {}
-    for arm in ARMS:
+    arms = ["lora", *[a for a in args.arms.split(",") if a and a != "lora"]]
+    if unknown := [a for a in arms if a not in ARMS]:
+        sys.exit(f"unknown arm(s) {unknown}: choose from {', '.join(ARMS)}")
+    for arm in arms:
         r = subprocess.run([sys.executable, __file__, "--one", arm, "--steps", str(args.steps), "--batch",
                             str(args.batch), "--examples", str(args.examples), "--base", str(args.base)],
                            capture_output=True, text=True, check=False)
@@ -93,7 +99,12 @@ def main() -> None:
     lora = results["lora"]
     ratios = {f"{m}/lora": {"s_per_step": results[m]["s_per_step"] / lora["s_per_step"],
                             "total": results[m]["total_s"] / lora["total_s"],
-                            "peak_rss": results[m]["peak_rss_mb"] / lora["peak_rss_mb"]} for m in ARMS if m != "lora"}
+                            "peak_rss": results[m]["peak_rss_mb"] / lora["peak_rss_mb"]} for m in arms if m != "lora"}
+    if {"lora-full-forward", "lora-shared-prefix"} <= results.keys():
+        full, shared = results["lora-full-forward"], results["lora-shared-prefix"]
+        ratios["lora-shared-prefix/lora-full-forward"] = {
+            "s_per_step": shared["s_per_step"] / full["s_per_step"], "total": shared["total_s"] / full["total_s"],
+            "peak_rss": shared["peak_rss_mb"] / full["peak_rss_mb"]}
     for k, v in ratios.items():
         print(f"{k}: step time x{v['s_per_step']:.2f}, whole run x{v['total']:.2f}, peak memory x{v['peak_rss']:.2f}")
     import torch
@@ -104,7 +115,8 @@ def main() -> None:
            "adapter": "r=16, alpha=32, top 10 layers, all projections", "device": device,
            "threads": 2, "host": platform.node(), "date": time.strftime("%Y-%m-%d"), "results": results,
            "ratios": ratios}
-    out = ROOT / "bench" / "results" / f"finetune-{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
+    part = "" if set(arms) == set(ARMS) else "-" + "-".join(arms)  # a subset does not overwrite the full run
+    out = ROOT / "bench" / "results" / f"finetune-{'gpu' if torch.cuda.is_available() else 'cpu'}{part}.json"
     out.write_text(json.dumps(doc, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
 

@@ -76,6 +76,9 @@ class Hyper(StrictModel):
     # adapters on the top layers only: run the frozen layers once per example. None (auto): when the run passes over
     # the data at least twice, where it pays (at ~1 pass it saves ~9% and changes the training's rounding path)
     cache_frozen_prefix: bool | None = None
+    # the tokens every example starts with (the chat template's system turn) run once per batch, not once per row:
+    # the same loss (checked at the start of every run), a third fewer positions per step on the shipped data
+    share_prompt_prefix: bool = True
 
 
 class GateSettings(StrictModel):

@@ -25,6 +25,7 @@ from llmops.train.prefix import (
     prefix_states,
     top_layers,
 )
+from llmops.train.shared_prefix import SharedPrefix, find_shared_prefix, rest_hidden
 
 MetricSink = Callable[[dict[str, float], int], None]
 IGNORE = -100
@@ -115,7 +116,7 @@ def with_states(batch: dict[str, Any], states: Sequence[Any]) -> dict[str, Any]:
 
 
 def completion_loss(model: Any, batch: dict[str, Any], lead_tokens: int = 0, lead_weight: float = 1.0,
-                    prefix: FrozenPrefix | None = None) -> Any:
+                    prefix: FrozenPrefix | None = None, shared: SharedPrefix | None = None) -> Any:
     """Mean cross-entropy over answer tokens. Hidden states go through the LM head only where a label is,
     which skips most of the 49k-vocabulary projection for the prompt tokens.
 
@@ -123,17 +124,21 @@ def completion_loss(model: Any, batch: dict[str, Any], lead_tokens: int = 0, lea
     model gives (the rest of a memorised answer follows from them), so their gradient would otherwise be
     diluted by the many easy tokens after them.
 
-    With `prefix` and the batch's cached states (`with_states`), only the layers above the frozen prefix run."""
+    With `prefix` and the batch's cached states (`with_states`), only the layers above the frozen prefix run. With
+    `shared` (every row starts with the same tokens), those tokens run once for the whole batch."""
     import torch.nn.functional as F
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    start = 0  # the position of hidden[:, 0]
     if prefix is not None and "inputs_embeds" in batch:
         with top_layers(prefix):
             hidden = inner.model(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
                                  use_cache=False).last_hidden_state
+    elif shared is not None and shared.matches(batch["input_ids"]):
+        hidden, start = rest_hidden(inner.model, batch, shared), shared.length
     else:
         hidden = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    labels = batch["labels"][:, 1:]
+    labels = batch["labels"][:, start + 1:]
     keep = labels != IGNORE
     logits = inner.lm_head(hidden[:, :-1][keep])
     if lead_tokens <= 0 or lead_weight == 1.0:
@@ -216,6 +221,8 @@ def run_loop(model: Any, tok: Any, train: Sequence[ChatExample], evaluation: Seq
     for _ in range(start_step * h.grad_accum):  # same data order as an uninterrupted run
         next(it)
     prefix, states = frozen_prefix_states(model, data, h, pad, device) if start_step < h.max_steps else (None, None)
+    shared = shared_prompt_prefix(model, data, h, pad, device) if prefix is None and start_step < h.max_steps \
+        else None
     if on_start is not None:
         on_start()
     model.train()
@@ -230,7 +237,7 @@ def run_loop(model: Any, tok: Any, train: Sequence[ChatExample], evaluation: Seq
         for _ in range(h.grad_accum):
             batch = next(it)
             batch = to_device(with_states(batch, states) if states else batch, device)
-            loss = completion_loss(model, batch, h.lead_tokens, h.lead_weight, prefix) / h.grad_accum
+            loss = completion_loss(model, batch, h.lead_tokens, h.lead_weight, prefix, shared) / h.grad_accum
             loss.backward()
             total += float(loss.detach())
             tokens += int(batch["attention_mask"].sum())
@@ -299,6 +306,37 @@ def frozen_prefix_states(model: Any, data: Sequence[Encoded], h: Hyper, pad: int
     print(f"frozen-prefix cache: layers 0-{prefix.first_trainable - 1} run once per example "
           f"({len(data)} examples, {need / 2**20:.0f} MiB, {time.monotonic() - t0:.1f}s); steps run the layers above")
     return prefix, states
+
+
+def shared_prompt_prefix(model: Any, data: Sequence[Encoded], h: Hyper, pad: int, device: Any
+                         ) -> SharedPrefix | None:
+    """The tokens every training example starts with, run once per step (`hyper.share_prompt_prefix`, default on),
+    when there are enough of them and a batch's loss through it equals the plain forward's (checked here in eval
+    mode; a decoder that does not take a repeated key/value cache falls back)."""
+    import torch
+
+    shared = find_shared_prefix(data) if h.share_prompt_prefix else None
+    if shared is None:
+        return None
+    probe = to_device(next(batches(data, min(h.batch_size, len(data)), h.seed, pad)), device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            full = float(completion_loss(model, probe, h.lead_tokens, h.lead_weight))
+            once = float(completion_loss(model, probe, h.lead_tokens, h.lead_weight, shared=shared))
+    except (TypeError, ValueError, AttributeError, RuntimeError) as e:  # a decoder without a usable cache
+        print(f"shared prompt prefix off: the decoder refused it ({type(e).__name__}: {e})")
+        return None
+    finally:
+        model.train(was_training)
+    if not math.isclose(full, once, rel_tol=5e-3, abs_tol=1e-4):
+        print(f"shared prompt prefix off: its loss {once:.5f} differs from the plain forward's {full:.5f}")
+        return None
+    mean = sum(len(e.input_ids) for e in data) / len(data)
+    print(f"shared prompt prefix: the first {shared.length} tokens of every example (mean length {mean:.0f}) run "
+          f"once per batch (loss {once:.5f} vs {full:.5f} plain)")
+    return shared
 
 
 def eval_loss(model: Any, held: Sequence[Encoded], batch_size: int, pad: int) -> float:

@@ -30,7 +30,8 @@ def deep_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cfg(last_layers: int | None, cache: bool | None = True, steps: int = 6) -> TrainConfig:
     return TrainConfig(method=Method.LORA, lora=LoraSettings(last_layers=last_layers, dropout=0.0),
                        hyper=Hyper(max_steps=steps, batch_size=4, learning_rate=5e-3, checkpoint_every=100,
-                                   torch_threads=1, lead_tokens=2, lead_weight=3.0, cache_frozen_prefix=cache)
+                                   torch_threads=1, lead_tokens=2, lead_weight=3.0, cache_frozen_prefix=cache,
+                                   share_prompt_prefix=False)
                        ).resolved()
 
 
