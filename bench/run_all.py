@@ -29,6 +29,7 @@ PY = sys.executable
 BENCHES: dict[str, list[str]] = {
     "serving": [PY, "bench/serving_throughput.py"],
     "finetune": [PY, "bench/finetune.py"],
+    "finetune-shared-prefix": [PY, "bench/finetune.py", "--ab-shared-prefix"],
     "sim": [PY, "bench/scale_sim.py"],
     "reaction": [PY, "bench/scale_reaction.py"],
     "replay": [PY, "bench/burst_replay.py"],
@@ -171,6 +172,11 @@ def summary() -> str:
         if cut := d.get("ratios", {}).get("lora-full-forward/lora"):
             fig += f"; without the frozen-prefix cache: whole run x{cut['total']:.2f}"
         add("fine-tune step on CPU (s/step, peak RSS MB)", fig, "-", None, "finetune-cpu.json", d)
+    if d := _load("finetune-shared-prefix-cpu.json"):
+        add("shared prompt prefix vs plain forward (LoRA fwd+bwd, one process)",
+            f"{d['shared_s_per_batch']:.2f} vs {d['plain_s_per_batch']:.2f} s/batch (x{d['ratio']:.2f}; "
+            f"{d['prefix_tokens']} of {d['mean_tokens']:.0f} tokens shared)", "-", None,
+            "finetune-shared-prefix-cpu.json", d)
     if d := _load("demo-cpu.json"):
         add("demo wall time", f"{d['wall_s'] / 60:.1f} min (rc {d['rc']})", "< 15 min",
             d["rc"] == 0 and d["wall_s"] < 900, "demo-cpu.json", d)

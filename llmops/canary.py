@@ -137,14 +137,27 @@ class CanaryRollout:
             self.registry.tag_version(self.pool.model, cand.version, "previous_champion", champion.version)
         for node in baseline:  # drained (weight 0 already, wait for zero in flight) and stopped
             self.pool.remove_node(node.name)
-        for _ in range(len(baseline) - 1):  # keep the pool's size: every node now serves the new champion
-            self.pool.add_node(cand.version, engine=self.engine)
         old_standby = [n for n in self.pool.nodes() if n.standby and n.version != cand.version]
         for node in old_standby:  # a standby promoted later must serve the champion too
             self.pool.remove_node(node.name)
-            self.pool.add_node(cand.version, engine=self.engine, weight=0, standby=True)
+        # keep the pool's size, every node on the new champion: the replacements start side by side (their loads
+        # and health checks overlap), serving ones at full weight, the standby at 0
+        self._start_all([False] * (len(baseline) - 1) + [True] * len(old_standby), cand.version)
         report.promoted, report.reason, report.seconds = True, "all steps passed", self.clock() - t0
         return report
+
+    def _start_all(self, standby: list[bool], version: str) -> None:
+        """Start one node of `version` per entry (a standby at weight 0 where True) at once; the first failure
+        raises after every start has finished."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not standby:
+            return
+        with ThreadPoolExecutor(max_workers=len(standby)) as ex:
+            futures = [ex.submit(self.pool.add_node, version, engine=self.engine, weight=0 if s else 100, standby=s)
+                       for s in standby]
+        for f in futures:
+            f.result()
 
     def _step(self, canary: NodeRecord, baseline: list[NodeRecord], share: int, report: RolloutReport,
               t0: float) -> StepRecord:

@@ -22,8 +22,8 @@ from llmops.errors import ServiceError
 from llmops.pool.launcher import LocalProcessLauncher
 from llmops.pool.manager import Pool, stack_pool
 from llmops.pool.state import pool_store
-from llmops.registry import MlflowRegistry
-from llmops.stackconfig import StackConfig, save_effective_config
+from llmops.registry import MlflowRegistry, pull_verified
+from llmops.stackconfig import StackConfig, TenantPool, save_effective_config
 
 FIRST_WAVE = ("s3", "prefect", "prometheus", "alertmanager", "gateway")
 ORDER = (*FIRST_WAVE, "mlflow", "worker", "receiver")
@@ -216,17 +216,29 @@ class Stack:
     def _ensure_nodes(self, say: Say) -> None:
         """For each tenant's pool: reconcile it with HAProxy (keep live nodes, re-add them if HAProxy restarted,
         drop dead ones), then start the missing ones up to its own `min_replicas`."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        missing: list[tuple[TenantPool, Pool]] = []
         for tp in self.cfg.pools():
             pool = self.pool(tp.model)
             found = pool.reconcile()
             if found.changed:
                 say(f"  pool {tp.model} reconciled with HAProxy: {found.summary()}")
-            # one at a time: with the SQL pool store (optimistic concurrency) concurrent adds conflict
-            while sum(1 for n in pool.nodes() if not n.standby) < tp.scaling.min_replicas:
-                t = time.monotonic()
-                node = pool.add_node(self.cfg.model.alias, engine=self.cfg.serving.engine.value)
-                say(f"  node {node.name} ({tp.tenant}: {tp.model}) serving v{node.version} at {node.url} "
-                    f"(ready in {time.monotonic() - t:.1f}s)")
+            missing += [(tp, pool)] * max(0, tp.scaling.min_replicas - sum(1 for n in pool.nodes() if not n.standby))
+
+        def start(tp: TenantPool, pool: Pool) -> None:
+            t = time.monotonic()
+            node = pool.add_node(self.cfg.model.alias, engine=self.cfg.serving.engine.value)
+            say(f"  node {node.name} ({tp.tenant}: {tp.model}) serving v{node.version} at {node.url} "
+                f"(ready in {time.monotonic() - t:.1f}s)")
+
+        for pool in {id(p): p for _, p in missing}.values():  # one hash-checked pull per version, then the starts
+            if pool.launcher.pulls_locally:
+                pull_verified(pool.registry, pool.cache, pool.model, self.cfg.model.alias)
+        if missing:  # every missing node at once: loads and health checks overlap
+            with ThreadPoolExecutor(max_workers=len(missing)) as ex:
+                for f in [ex.submit(start, tp, pool) for tp, pool in missing]:
+                    f.result()
 
     def _stop_new_nodes(self, before: set[str]) -> None:
         for pool in self.pools():

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from llmops import proc
 from llmops.errors import ServiceError
@@ -16,6 +17,7 @@ from llmops.pool.launcher import LocalProcessLauncher, NodeLauncher
 from llmops.pool.state import (
     NodeRecord,
     NodeStatus,
+    PoolConflict,
     PoolState,
     PoolStore,
     ScalingState,
@@ -24,6 +26,8 @@ from llmops.pool.state import (
 )
 from llmops.registry import MlflowRegistry, ModelRegistry, pull_verified
 from llmops.stackconfig import StackConfig
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -124,15 +128,16 @@ class Pool:
             model_dir: Path | None = cached.path
         else:  # the node's host pulls and verifies it
             ref, model_dir = self.registry.resolve(self.model, version_or_alias), None
-        with self.store.update() as state:
-            taken = {n.port for n in state.nodes.values()}
-            port = proc.free_port(self.node_base_port, taken)
+        def record(state: PoolState) -> NodeRecord:
+            port = proc.free_port(self.node_base_port, {n.port for n in state.nodes.values()})
             name = f"node{state.next_id}"
             state.next_id += 1
-            node = NodeRecord(name=name, model=self.model, engine=engine, version=ref.version,
-                              sha256=ref.sha256, host=self.host, port=port, weight=weight, standby=standby,
-                              started_at=time.time())
-            state.nodes[name] = node
+            state.nodes[name] = NodeRecord(name=name, model=self.model, engine=engine, version=ref.version,
+                                           sha256=ref.sha256, host=self.host, port=port, weight=weight,
+                                           standby=standby, started_at=time.time())
+            return state.nodes[name]
+
+        node = self._write(record)
         try:
             node = self.launcher.start(node, model_dir)
             self._save(node)
@@ -183,16 +188,36 @@ class Pool:
         tmp.write_text(json.dumps(targets, indent=2))
         tmp.replace(self.targets_file)
 
+    def _write(self, change: Callable[[PoolState], T], attempts: int = 8) -> T:
+        """Apply `change` to the stored state. The node bookkeeping here (record a new node under a free name and
+        port, save a node's record, forget one) is a function of the state it reads, so when another writer came in
+        between (`PoolConflict` from the SQL store: nodes starting side by side) it is applied again to the new
+        state. Scaling decisions are not written through here: they hold the pool lock."""
+        for attempt in range(attempts):
+            try:
+                with self.store.update() as state:
+                    out = change(state)
+                return out
+            except PoolConflict:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.02 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     def _save(self, node: NodeRecord) -> None:
-        with self.store.update() as state:
+        def put(state: PoolState) -> None:
             state.nodes[node.name] = node
+
+        self._write(put)
 
     def _forget(self, name: str) -> None:
         """Drop a node from the state; its node-seconds so far stay counted in the pool's spend."""
-        with self.store.update() as state:
+        def drop(state: PoolState) -> None:
             node = state.nodes.pop(name, None)
             if node is not None and node.started_at:
                 state.scaling_of(node.model).retired_node_seconds += max(time.time() - node.started_at, 0.0)
+
+        self._write(drop)
 
 
 def targets_file(state_dir: Path, model: str) -> Path:

@@ -129,7 +129,11 @@ class SqlPoolStore:
         self.table = sa.Table(self.TABLE, sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
                               sa.Column("version", sa.Integer, nullable=False),
                               sa.Column("body", sa.Text, nullable=False))
-        self.table.metadata.create_all(self.engine)
+        try:
+            self.table.metadata.create_all(self.engine)
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # another process created it after the check
+            if not sa.inspect(self.engine).has_table(self.TABLE):
+                raise
         with self.engine.begin() as c:
             if c.execute(sa.select(self.table.c.id).where(self.table.c.id == 1)).first() is None:
                 try:

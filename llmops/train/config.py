@@ -74,7 +74,7 @@ class Hyper(StrictModel):
     lead_tokens: int = Field(0, ge=0)  # weigh the first answer tokens (the ones that choose the answer) ...
     lead_weight: float = Field(1.0, ge=1.0)  # ... this many times in the loss (1: plain mean)
     # adapters on the top layers only: run the frozen layers once per example. None (auto): when the run passes over
-    # the data at least twice, where it pays (at ~1 pass it saves ~9% and changes the training's rounding path)
+    # the data more than once (the cache pass costs about one pass of those layers; every further view is saved)
     cache_frozen_prefix: bool | None = None
     # the tokens every example starts with (the chat template's system turn) run once per batch, not once per row:
     # the same loss (checked at the start of every run), a third fewer positions per step on the shipped data

@@ -134,8 +134,9 @@ def completion_loss(model: Any, batch: dict[str, Any], lead_tokens: int = 0, lea
         with top_layers(prefix):
             hidden = inner.model(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
                                  use_cache=False).last_hidden_state
-    elif shared is not None and shared.matches(batch["input_ids"]):
-        hidden, start = rest_hidden(inner.model, batch, shared), shared.length
+    elif shared is not None and shared.matches(batch["input_ids"]) and \
+            (rest := rest_hidden(inner.model, batch, shared)) is not None:
+        hidden, start = rest, shared.length
     else:
         hidden = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     labels = batch["labels"][:, start + 1:]
@@ -277,13 +278,13 @@ def run_loop(model: Any, tok: Any, train: Sequence[ChatExample], evaluation: Seq
 def frozen_prefix_states(model: Any, data: Sequence[Encoded], h: Hyper, pad: int,
                          device: Any) -> tuple[FrozenPrefix | None, list[Any] | None]:
     """The frozen prefix and each training example's states entering its first trainable layer, when caching
-    them is on (`hyper.cache_frozen_prefix`; auto: the run passes over the data twice or more), fits in memory and
+    them is on (`hyper.cache_frozen_prefix`; auto: the run passes over the data more than once), fits in memory and
     gives the same loss as the full forward on a batch (checked here in eval mode; a model whose decoder treats
     `inputs_embeds` differently falls back)."""
     import torch
 
     views = h.max_steps * h.batch_size * h.grad_accum
-    wanted = h.cache_frozen_prefix if h.cache_frozen_prefix is not None else views >= 2 * len(data)
+    wanted = h.cache_frozen_prefix if h.cache_frozen_prefix is not None else views > len(data)
     prefix = find_frozen_prefix(model) if wanted and data else None
     if prefix is None:
         return None, None
@@ -292,7 +293,8 @@ def frozen_prefix_states(model: Any, data: Sequence[Encoded], h: Hyper, pad: int
         print(f"frozen-prefix cache off: {need / 2**30:.1f} GiB of states > {MAX_PREFIX_BYTES / 2**30:.0f} GiB")
         return None, None
     t0 = time.monotonic()
-    states = prefix_states(prefix, data, h.batch_size, pad)
+    shared = find_shared_prefix(data) if h.share_prompt_prefix else None
+    states = prefix_states(prefix, data, h.batch_size, pad, shared)
     probe = next(batches(data, min(h.batch_size, len(data)), h.seed, pad))
     was_training = model.training
     model.eval()
@@ -303,8 +305,10 @@ def frozen_prefix_states(model: Any, data: Sequence[Encoded], h: Hyper, pad: int
     if not math.isclose(full, cached, rel_tol=1e-3, abs_tol=1e-4):
         print(f"frozen-prefix cache off: its loss {cached:.5f} differs from the full forward's {full:.5f}")
         return None, None
+    head = f", the first {shared.length} tokens once for all" if shared is not None else ""
     print(f"frozen-prefix cache: layers 0-{prefix.first_trainable - 1} run once per example "
-          f"({len(data)} examples, {need / 2**20:.0f} MiB, {time.monotonic() - t0:.1f}s); steps run the layers above")
+          f"({len(data)} examples{head}, {need / 2**20:.0f} MiB, {time.monotonic() - t0:.1f}s); steps run the "
+          "layers above")
     return prefix, states
 
 
@@ -316,7 +320,11 @@ def shared_prompt_prefix(model: Any, data: Sequence[Encoded], h: Hyper, pad: int
     import torch
 
     shared = find_shared_prefix(data) if h.share_prompt_prefix else None
-    if shared is None:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    checkpointing = getattr(inner, "is_activation_checkpointing", None)  # transformers 5.x; `is_gradient_...` before
+    if checkpointing is None:
+        checkpointing = getattr(inner, "is_gradient_checkpointing", False)
+    if shared is None or checkpointing:  # recomputed layers keep no cache in training
         return None
     probe = to_device(next(batches(data, min(h.batch_size, len(data)), h.seed, pad)), device)
     was_training = model.training

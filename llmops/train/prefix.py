@@ -10,6 +10,7 @@ test compares both paths); the memory is one hidden vector per training token (`
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llmops.train.loop import Encoded
+    from llmops.train.shared_prefix import SharedPrefix
 
 MAX_PREFIX_BYTES = 4 << 30  # above this the states would crowd the machine's memory: train the plain way
 
@@ -58,9 +60,13 @@ class _Stop(Exception):
     """Raised by the hook on the first trainable layer: the rest of the forward is not needed."""
 
 
-def prefix_states(prefix: FrozenPrefix, data: Sequence[Encoded], batch_size: int, pad_id: int) -> list[Any]:
+def prefix_states(prefix: FrozenPrefix, data: Sequence[Encoded], batch_size: int, pad_id: int,
+                  shared: SharedPrefix | None = None) -> list[Any]:
     """The hidden states entering layer `first_trainable` for each example ([len, hidden], CPU), computed in
-    length-sorted, right-padded batches (causal attention: padding on the right does not change the real tokens)."""
+    length-sorted, right-padded batches (causal attention: padding on the right does not change the real tokens).
+
+    With `shared` (tokens every example starts with), those run once: their states are the same in every example,
+    and their keys and values in the frozen layers, repeated over each batch, serve the rest of its rows."""
     import torch
 
     decoder, captured = prefix.decoder, []
@@ -77,6 +83,12 @@ def prefix_states(prefix: FrozenPrefix, data: Sequence[Encoded], batch_size: int
     handle = decoder.layers[prefix.first_trainable].register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with torch.no_grad():
+            head: Any = None
+            cache: Any = None
+            skip = 0
+            if shared is not None:
+                head, cache = _shared_head(decoder, shared, captured)
+                skip = shared.length if cache is not None else 0
             for s in range(0, len(order), batch_size):
                 idx = order[s: s + batch_size]
                 width = max(len(data[i].input_ids) for i in idx)
@@ -86,17 +98,41 @@ def prefix_states(prefix: FrozenPrefix, data: Sequence[Encoded], batch_size: int
                     ids[r, : len(data[i].input_ids)] = torch.tensor(data[i].input_ids)
                     mask[r, : len(data[i].input_ids)] = 1
                 captured.clear()
+                kwargs: dict[str, Any] = {"use_cache": False}
+                if skip:  # the rest of each row on top of the shared tokens' keys and values
+                    batch_cache = copy.deepcopy(cache)
+                    batch_cache.batch_repeat_interleave(len(idx))
+                    kwargs = {"cache": batch_cache, "use_cache": True}
                 try:
-                    decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                    decoder(input_ids=ids[:, skip:].to(device), attention_mask=mask.to(device), **kwargs)
                 except _Stop:
                     pass
                 states = captured[0]
                 for r, i in enumerate(idx):
-                    out[i] = states[r, : len(data[i].input_ids)].detach().to("cpu").clone()
+                    row = states[r, : len(data[i].input_ids) - skip].detach().to("cpu")
+                    out[i] = torch.cat([head, row]) if skip else row.clone()
     finally:
         handle.remove()
         decoder.train(was_training)
     return out
+
+
+def _shared_head(decoder: Any, shared: SharedPrefix, captured: list[Any]) -> tuple[Any, Any]:
+    """The shared tokens' states entering the first trainable layer ([P, hidden], CPU) and the frozen layers' cache
+    of their keys and values (None, with the plain pass, when the decoder keeps no cache)."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=decoder.config)
+    ids = torch.tensor([shared.ids], dtype=torch.long, device=decoder.embed_tokens.weight.device)
+    captured.clear()
+    try:
+        decoder(input_ids=ids, cache=cache, use_cache=True)
+    except _Stop:
+        pass
+    if not captured or cache.get_seq_length() != shared.length:
+        return None, None
+    return captured[0][0].detach().to("cpu").clone(), cache
 
 
 @contextmanager

@@ -62,13 +62,16 @@ def find_shared_prefix(data: Sequence[Encoded], min_tokens: int = MIN_SHARED_TOK
     return SharedPrefix(tuple(first[:n])) if n >= min_tokens else None
 
 
-def rest_hidden(decoder: Any, batch: dict[str, Any], shared: SharedPrefix) -> Any:
+def rest_hidden(decoder: Any, batch: dict[str, Any], shared: SharedPrefix) -> Any | None:
     """The decoder's last hidden states for the positions after the prefix: the prefix runs once (batch 1), its
     key/value cache is repeated over the batch, the rest of each row attends to it. `decoder` is the model's decoder
-    stack (e.g. LlamaModel); gradients flow into the prefix's keys and values from every row."""
+    stack (e.g. LlamaModel); gradients flow into the prefix's keys and values from every row. None when the decoder
+    keeps no cache (activation checkpointing in training turns it off): the caller runs the plain forward."""
     ids = batch["input_ids"]
     pre = decoder(input_ids=ids[:1, : shared.length], use_cache=True)
-    cache = pre.cache  # transformers 5.x names it `cache` (`past_key_values` before)
+    cache = getattr(pre, "cache", None)  # transformers 5.x names it `cache` (`past_key_values` before)
+    if cache is None:
+        return None
     cache.batch_repeat_interleave(ids.shape[0])
     out = decoder(input_ids=ids[:, shared.length:], attention_mask=batch["attention_mask"], cache=cache,
                   use_cache=True)

@@ -3,6 +3,7 @@ fails its serving test, and on no traffic; the champion alias moves only on succ
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import pytest
@@ -23,6 +24,7 @@ class FakePool:
     n: int = 0
     reconciles: int = 0
     die_at_reconcile: dict[int, str] = field(default_factory=dict)  # reconcile number -> node whose process died
+    lock: threading.Lock = field(default_factory=threading.Lock)  # the rollout starts replacements side by side
 
     def nodes(self) -> list[NodeRecord]:
         return list(self.nodes_.values())
@@ -37,11 +39,12 @@ class FakePool:
                  standby: bool = False) -> NodeRecord:
         if self.fail_start:
             raise ServiceError("node n9 exited while starting", "read the log")
-        self.n += 1
-        node = NodeRecord(name=f"n{self.n}", model=self.model, engine=engine, version=version_or_alias,
-                          sha256="x", host="h", port=self.n, weight=weight, status=NodeStatus.SERVING,
-                          standby=standby)
-        self.nodes_[node.name] = node
+        with self.lock:
+            self.n += 1
+            node = NodeRecord(name=f"n{self.n}", model=self.model, engine=engine, version=version_or_alias,
+                              sha256="x", host="h", port=self.n, weight=weight, status=NodeStatus.SERVING,
+                              standby=standby)
+            self.nodes_[node.name] = node
         return node
 
     def set_weight(self, name: str, weight: int) -> None:

@@ -66,7 +66,7 @@ def test_two_flows_racing_to_record_the_next_node_record_it_once(tmp_path: Path)
     assert list(state.nodes) == ["node1"] and state.next_id == 2
 
 
-def test_the_pool_starts_no_node_when_its_record_conflicts(tmp_path: Path) -> None:
+def test_the_pool_starts_no_node_when_its_record_keeps_conflicting(tmp_path: Path) -> None:
     from llmops.pool.manager import Pool
     from llmops.registry import ModelVersionRef
 
@@ -94,6 +94,55 @@ def test_the_pool_starts_no_node_when_its_record_conflicts(tmp_path: Path) -> No
     with pytest.raises(PoolConflict):
         pool.add_node("champion")
     assert started == []
+
+
+def test_nodes_started_side_by_side_are_all_recorded_under_their_own_names(tmp_path: Path) -> None:
+    """`stack up` starts a pool's missing nodes at once: their bookkeeping writes (record, ready, serving) meet in
+    the SQL store; a conflicting one is applied again to the new state instead of failing the start."""
+    from llmops.pool.manager import Pool
+    from llmops.registry import ModelVersionRef
+
+    class Registry:
+        def resolve(self, name: str, version: str) -> ModelVersionRef:
+            return ModelVersionRef(name=name, version="1", sha256="s", source="x")
+
+    all_in = threading.Barrier(3)
+
+    class Launcher:
+        pulls_locally = False
+
+        def start(self, n: NodeRecord, model_dir: Path | None) -> NodeRecord:
+            all_in.wait(timeout=10)  # every start recorded its node before any goes on
+            return n
+
+        def wait_ready(self, n: NodeRecord, timeout_s: float) -> NodeRecord:
+            return n
+
+    class Lb:
+        def add_server(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    url = f"sqlite:///{tmp_path / 'pool.db'}"
+    none: object = None
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        pool = Pool("m", "llm_m", Registry(), none, Launcher(), Lb(), SqlPoolStore(url),  # type: ignore[arg-type]
+                    tmp_path / "t.json")
+        try:
+            pool.add_node("champion")
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    nodes = SqlPoolStore(url).read().nodes
+    assert sorted(nodes) == ["node1", "node2", "node3"]
+    assert len({n.port for n in nodes.values()}) == 3 and {n.status.value for n in nodes.values()} == {"serving"}
 
 
 def test_the_stack_picks_its_store_from_the_config(tmp_path: Path) -> None:
