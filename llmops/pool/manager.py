@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from llmops.registry import MlflowRegistry, ModelRegistry, pull_verified
 from llmops.stackconfig import StackConfig
 
 T = TypeVar("T")
+_TARGETS_LOCK = threading.Lock()  # Prometheus target files are rewritten from the threads that start nodes
 
 
 @dataclass
@@ -179,14 +183,20 @@ class Pool:
         self.write_targets()
 
     def write_targets(self) -> None:
-        """Rewrite the Prometheus file-SD targets from the serving nodes (atomic replace)."""
-        targets = [{"targets": [f"{n.host}:{n.port}"],
-                    "labels": {"node": n.name, "model": n.model, "version": n.version, "engine": n.engine}}
-                   for n in self.nodes() if n.status == NodeStatus.SERVING]
-        self.targets_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.targets_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(targets, indent=2))
-        tmp.replace(self.targets_file)
+        """Rewrite the Prometheus file-SD targets from the serving nodes (atomic replace). Nodes starting side by
+        side write it from several threads: one at a time per file (the last write reads the newest state), each
+        through its own temporary file (Prometheus reads only `*.json`)."""
+        with _TARGETS_LOCK:
+            targets = [{"targets": [f"{n.host}:{n.port}"],
+                        "labels": {"node": n.name, "model": n.model, "version": n.version, "engine": n.engine}}
+                       for n in self.nodes() if n.status == NodeStatus.SERVING]
+            self.targets_file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.targets_file.parent, prefix=f".{self.targets_file.name}.",
+                                       suffix=".tmp")
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps(targets, indent=2))
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.targets_file)
 
     def _write(self, change: Callable[[PoolState], T], attempts: int = 8) -> T:
         """Apply `change` to the stored state. The node bookkeeping here (record a new node under a free name and

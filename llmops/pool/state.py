@@ -131,7 +131,7 @@ class SqlPoolStore:
                               sa.Column("body", sa.Text, nullable=False))
         try:
             self.table.metadata.create_all(self.engine)
-        except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # another process created it after the check
+        except sa.exc.DBAPIError:  # another process created it after the check (PostgreSQL: a unique violation)
             if not sa.inspect(self.engine).has_table(self.TABLE):
                 raise
         with self.engine.begin() as c:

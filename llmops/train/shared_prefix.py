@@ -70,7 +70,7 @@ def rest_hidden(decoder: Any, batch: dict[str, Any], shared: SharedPrefix) -> An
     ids = batch["input_ids"]
     pre = decoder(input_ids=ids[:1, : shared.length], use_cache=True)
     cache = getattr(pre, "cache", None)  # transformers 5.x names it `cache` (`past_key_values` before)
-    if cache is None:
+    if cache is None or cache.get_seq_length() != shared.length:  # no cache kept (e.g. activation checkpointing)
         return None
     cache.batch_repeat_interleave(ids.shape[0])
     out = decoder(input_ids=ids[:, shared.length:], attention_mask=batch["attention_mask"], cache=cache,

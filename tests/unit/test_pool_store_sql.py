@@ -154,3 +154,38 @@ def test_a_bad_database_url_names_the_key_and_the_fix() -> None:
     with pytest.raises(ServiceError, match="pool_database 'not a url' is not a usable SQLAlchemy URL") as e:
         SqlPoolStore("not a url")
     assert "postgresql://" in e.value.fix
+
+
+def test_targets_written_from_many_threads_stay_whole(tmp_path: Path) -> None:
+    """Nodes starting side by side each rewrite the Prometheus targets file: no thread fails on another's temporary
+    file, the file is whole JSON with every serving node, and no temporary file is left behind."""
+    import json
+
+    from llmops.pool.manager import Pool
+    from llmops.pool.state import NodeStatus
+
+    store = PoolStore(tmp_path / "pool.json")
+    with store.update() as st:
+        for i in range(1, 5):
+            st.nodes[f"node{i}"] = rec(f"node{i}").model_copy(update={"port": 8100 + i,
+                                                                      "status": NodeStatus.SERVING})
+    none: object = None
+    pool = Pool("m", "llm_m", none, none, none, none, store, tmp_path / "targets" / "nodes-m.json")  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for _ in range(20):
+                pool.write_targets()
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=write) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert sorted(t["labels"]["node"] for t in json.loads((tmp_path / "targets" / "nodes-m.json").read_text())) == \
+        ["node1", "node2", "node3", "node4"]
+    assert [p.name for p in (tmp_path / "targets").iterdir()] == ["nodes-m.json"]
