@@ -226,7 +226,11 @@ def test_second_rollout_is_refused_and_a_canary_without_traffic_fails_safe(stack
     deadline = time.monotonic() + 120
     while api.state(first).state != "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.5)
-    time.sleep(3)  # the first run holds the lock once its flow body started
+    # the first run holds the pool lock once its canary joined (a fixed sleep here let the second run take the lock
+    # first on a loaded CI machine)
+    log = stack.cfg.state_dir / "logs" / "worker.log"
+    while f"v{copy} joined at weight 0" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
     second = api.wait(api.run_deployment("rollout", "rollout", {"version": copy, "policy": str(policy)}),
                       timeout_s=120)
     assert second.state == "FAILED"
