@@ -4,6 +4,7 @@ flows that read the same version cannot both write, so a node is never recorded 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,24 @@ from llmops.pool.state import NodeRecord, PoolConflict, PoolStore, SqlPoolStore,
 def rec(name: str) -> NodeRecord:
     return NodeRecord(name=name, model="m", engine="transformers", version="1", sha256="s", host="10.0.0.2",
                       port=8100)
+
+
+def errors_of_threads(fn: Callable[[], None], n: int) -> list[BaseException]:
+    """Run `fn` in `n` threads at once; what each raised."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return errors
 
 
 def test_updates_are_written_and_versioned(tmp_path: Path) -> None:
@@ -124,22 +143,12 @@ def test_nodes_started_side_by_side_are_all_recorded_under_their_own_names(tmp_p
 
     url = f"sqlite:///{tmp_path / 'pool.db'}"
     none: object = None
-    errors: list[BaseException] = []
 
     def start() -> None:
-        pool = Pool("m", "llm_m", Registry(), none, Launcher(), Lb(), SqlPoolStore(url),  # type: ignore[arg-type]
-                    tmp_path / "t.json")
-        try:
-            pool.add_node("champion")
-        except BaseException as e:  # noqa: BLE001 - the test reports it
-            errors.append(e)
+        Pool("m", "llm_m", Registry(), none, Launcher(), Lb(), SqlPoolStore(url),  # type: ignore[arg-type]
+             tmp_path / "t.json").add_node("champion")
 
-    threads = [threading.Thread(target=start) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert errors == []
+    assert errors_of_threads(start, 3) == []
     nodes = SqlPoolStore(url).read().nodes
     assert sorted(nodes) == ["node1", "node2", "node3"]
     assert len({n.port for n in nodes.values()}) == 3 and {n.status.value for n in nodes.values()} == {"serving"}
@@ -171,21 +180,12 @@ def test_targets_written_from_many_threads_stay_whole(tmp_path: Path) -> None:
                                                                       "status": NodeStatus.SERVING})
     none: object = None
     pool = Pool("m", "llm_m", none, none, none, none, store, tmp_path / "targets" / "nodes-m.json")  # type: ignore[arg-type]
-    errors: list[BaseException] = []
 
     def write() -> None:
-        try:
-            for _ in range(20):
-                pool.write_targets()
-        except BaseException as e:  # noqa: BLE001 - the test reports it
-            errors.append(e)
+        for _ in range(20):
+            pool.write_targets()
 
-    threads = [threading.Thread(target=write) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert errors == []
+    assert errors_of_threads(write, 6) == []
     assert sorted(t["labels"]["node"] for t in json.loads((tmp_path / "targets" / "nodes-m.json").read_text())) == \
         ["node1", "node2", "node3", "node4"]
     assert [p.name for p in (tmp_path / "targets").iterdir()] == ["nodes-m.json"]
