@@ -26,6 +26,7 @@ from prefect.runtime import flow_run
 from flows.rollout import rollout_flow
 from llmops.config import load_config
 from llmops.endpoints import Endpoints
+from llmops.evaluate.answers import book_key
 from llmops.repair import (
     RepairSettings,
     RepairStore,
@@ -40,7 +41,7 @@ from llmops.repair import (
 )
 from llmops.stackconfig import load_effective_config
 from llmops.train.config import load_train_config
-from tasks.evaluate import score_model
+from tasks.evaluate import keep_answers, score_model
 from tasks.register import pull_base, register_challenger
 from tasks.repair import publish_repair_report, read_feedback_records, standing_data
 from tasks.train import fine_tune
@@ -157,12 +158,15 @@ def _repair(ep: Endpoints, store: RepairStore, tenant: str, trigger: str, event_
         fix = score_model(out.merged_dir, "repair", held_c, [], [])
         answers = [*standing.policy_answers, *{e.completion for e in train_c}]
         suite_new = score_model(out.merged_dir, "repair", suite, standing.control, answers)
-        suite_champ = score_model(champ_dir, f"champion v{champ.version}", suite, standing.control, answers)
+        suite_champ = score_model(champ_dir, f"champion v{champ.version}", suite, standing.control, answers,
+                                  model_sha256=champ.sha256, bucket=bucket)
         decision = repair_gate(fix, suite_new, suite_champ, s)
         facts = {"trigger": f"{trigger} {event_id}".strip(), "parent (champion)": f"v{champ.version}",
                  "corrections": f"{len(corrections)} ({len(train_c)} trained, {len(held_c)} held out)",
                  "repair set": f"{len(data)} examples, sha256 {digest[:12]}", "replay from": standing.source,
-                 "training": f"{out.steps} steps, {out.seconds:.0f} s, final loss {out.final_loss:.3f}"}
+                 "training": f"{out.steps} steps, {out.seconds:.0f} s, final loss {out.final_loss:.3f}",
+                 "champion's answers": (f"{suite_champ.reused} of {len(suite_champ.answers)} read from its answer "
+                                        f"book (s3://{bucket}/{book_key(champ.sha256)}), the rest generated")}
         publish_repair_report(decision, fix, suite_new, suite_champ, facts, rid)
         tags = {"llmops.repair": "true", "llmops.parent_version": champ.version, "llmops.alert_id": event_id,
                 "llmops.repair.trigger": trigger, "llmops.dataset_digest": digest,
@@ -172,10 +176,14 @@ def _repair(ep: Endpoints, store: RepairStore, tenant: str, trigger: str, event_
                 "llmops.eval.fix_exact_match": f"{fix.overall.get('exact_match', 0):.4f}",
                 "llmops.eval.exact_match": f"{suite_new.overall.get('exact_match', 0):.4f}"}
         ref = register_challenger(train_cfg.model_name, out.merged_dir, out.adapter_dir, rid, tags, decision.promote)
+        keep_answers(suite_champ, champ.sha256, bucket, rid)
+        keep_answers(suite_new, ref.sha256, bucket, rid)
     result: dict[str, Any] = {"version": ref.version, "parent_version": champ.version, "corrections_digest": fb_digest,
                               "fix_exact_match": fix.overall.get("exact_match", 0.0),
                               "suite_exact_match": suite_new.overall.get("exact_match", 0.0),
                               "champion_suite_exact_match": suite_champ.overall.get("exact_match", 0.0),
+                              "champion_answers": len(suite_champ.answers),
+                              "champion_answers_reused": suite_champ.reused,
                               "reasons": list(decision.reasons), "mlflow_run_id": rid}
     if not decision.promote:
         log.warning("repair v%s failed its gate: %s", ref.version, "; ".join(decision.reasons))

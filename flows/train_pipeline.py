@@ -19,7 +19,7 @@ from llmops.data.curated import DEFAULT_DIR, load_curated
 from llmops.endpoints import Endpoints
 from llmops.train.config import load_train_config
 from tasks.data import collect_dataset, load_split, snapshot_inputs
-from tasks.evaluate import decide_promotion, score_model
+from tasks.evaluate import decide_promotion, keep_answers, score_model
 from tasks.register import pull_base, register_challenger
 from tasks.train import fine_tune
 
@@ -59,7 +59,9 @@ def train_pipeline_flow(config: str = "configs/train/smollm2_lora.yaml") -> dict
         out = fine_tune(cfg, base_dir, train, evaluation, str(work), run_id, base=base_ref)
         mlflow.log_metrics({"train/seconds": out.seconds, "train/final_loss": out.final_loss,
                             "output/merged_bytes": out.merged_bytes, "output/adapter_bytes": out.adapter_bytes})
-        champion = score_model(base_dir, f"champion v{base_ref.version}", heldout, control, policy_answers)
+        bucket = cfg.data.feedback_bucket
+        champion = score_model(base_dir, f"champion v{base_ref.version}", heldout, control, policy_answers,
+                               model_sha256=base_ref.sha256, bucket=bucket)
         challenger = score_model(out.merged_dir, "challenger", heldout, control, policy_answers)
         decision, _ = decide_promotion(challenger, champion, cfg.gate, run_id)
         tags = {"llmops.dataset_digest": info.digest, "llmops.base_version": base_ref.version,
@@ -70,6 +72,9 @@ def train_pipeline_flow(config: str = "configs/train/smollm2_lora.yaml") -> dict
                 "llmops.eval.leakage": f"{challenger.leakage:.4f}",
                 "llmops.adapter_sha256": out.adapter_sha256 or ""}
         ref = register_challenger(cfg.model_name, out.merged_dir, out.adapter_dir, run_id, tags, decision.promote)
+        # both models' answers, by their registered sha256: a later gate or repair on either reads them back
+        keep_answers(champion, base_ref.sha256, bucket, run_id)
+        keep_answers(challenger, ref.sha256, bucket, run_id)
     verdict = "passed the gate: alias `challenger`" if decision.promote else "failed the gate: no alias"
     log.info("registered %s v%s; %s", ref.name, ref.version, verdict)
     return {"version": ref.version, "promoted": decision.promote, "reasons": list(decision.reasons),

@@ -129,6 +129,23 @@ def stop_all(recs: list[ProcRecord], timeout_s: float = 10.0, sig: int = signal.
     _wait_gone(alive, 5)
 
 
+def records_with_env(env: Mapping[str, str], having: str = "") -> list[ProcRecord]:
+    """This user's processes whose environment holds every item of `env` (and the variable `having`): how the
+    flow-run processes a Prefect worker started, each in a session of its own, are found after the worker is gone
+    (one it started after `stop_all` took its snapshot of the worker's children would otherwise live on)."""
+    found: list[ProcRecord] = []
+    for p in psutil.process_iter(["uids", "create_time", "cmdline"]):
+        try:
+            if p.info["uids"] is None or p.info["uids"].real != os.getuid() or p.pid == os.getpid():
+                continue
+            e = p.environ()
+        except psutil.Error:
+            continue
+        if all(e.get(k) == v for k, v in env.items()) and (not having or having in e):
+            found.append(ProcRecord(p.pid, p.info["create_time"], tuple(p.info["cmdline"] or ()), ""))
+    return found
+
+
 def _gone(p: psutil.Process) -> bool:
     try:
         if p.status() == psutil.STATUS_ZOMBIE:

@@ -205,10 +205,12 @@ def desired_replicas(obs: Observation, pool: PoolView, policy: ScalePolicy, now:
     cur = pool.serving
     low = _is_low(obs, cur, policy)
     low_since = (pool.low_since if pool.low_since is not None else now) if low else None
-    if low_since is not None and _window_low(obs, cur, policy):
+    out_in_window = pool.last_scale_out_at is not None and now - pool.last_scale_out_at < policy.down_cooldown_s
+    if low_since is not None and not out_in_window and _window_low(obs, cur, policy):
         # Prometheus saw the whole cool-down window low (its peak in flight + waiting under the scale-in line): the
         # cool-down has been served even if no earlier pass was there to see it start (a run the LowUtilisation
-        # alert triggered, or the first scheduled one after a quiet minute)
+        # alert triggered, or the first scheduled one after a quiet minute). Not when the pool scaled out inside
+        # the window: that scale-out (say for latency, at low load) was decided on what the window cannot show
         low_since = min(low_since, now - policy.down_cooldown_s)
     hard_cap = policy.serving_cap
     want, reasons = demand(obs, cur, policy)

@@ -282,6 +282,11 @@ class Stack:
         if "worker" in records:
             proc.stop(records.pop("worker"), timeout_s=10)
             say("  stopped worker")
+        # flow runs the worker started run in sessions of their own: one it submitted while stopping would live on
+        runs = proc.records_with_env({"PREFECT_HOME": str(self.cfg.state_dir / "prefect")}, "PREFECT__FLOW_RUN_ID")
+        if runs:
+            proc.stop_all(runs, timeout_s=6)
+            say(f"  stopped {len(runs)} flow-run process(es) left by the worker")
         alive = [name for name, rec in records.items() if proc.is_alive(rec)]
         # SeaweedFS takes ~15 s to finish a graceful gRPC stop after it has stopped serving; its filer
         # store (leveldb) is crash-safe, so it gets 6 s like the others before SIGKILL.

@@ -26,6 +26,9 @@ class EvalReport:
     samples: list[dict[str, str]] = field(default_factory=list)
     # per held-out item, in the order evaluated: (slice, exact match 0/1); pairs two models' answers on one item
     items: list[tuple[str, int]] = field(default_factory=list)
+    # every answer by prompt key (held-out and control), for the model's answer book; how many were read from it
+    answers: dict[str, str] = field(default_factory=dict)
+    reused: int = 0
 
 
 @dataclass(frozen=True)

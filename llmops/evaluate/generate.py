@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.data.schema import ChatExample
+from llmops.evaluate.answers import DTYPE, MAX_NEW_TOKENS
 
 
 def load_for_eval(model_dir: Path, threads: int = 2) -> tuple[Any, Any]:
@@ -17,11 +18,11 @@ def load_for_eval(model_dir: Path, threads: int = 2) -> tuple[Any, Any]:
     tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, DTYPE)).eval()
     return model, tok
 
 
-def generate_answers(model: Any, tok: Any, examples: Sequence[ChatExample], max_new_tokens: int = 48,
+def generate_answers(model: Any, tok: Any, examples: Sequence[ChatExample], max_new_tokens: int = MAX_NEW_TOKENS,
                      batch_size: int = 128) -> list[str]:
     """Greedy answers to each example's prompt, in order. Prompts are sorted by length to pad less."""
     import torch

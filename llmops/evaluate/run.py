@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from llmops.data.schema import ChatExample
+from llmops.evaluate.answers import prompt_key, split_known
 from llmops.evaluate.gate import EvalReport, PromotionDecision, SliceScore
 from llmops.evaluate.generate import generate_answers, load_for_eval
 
@@ -38,11 +39,12 @@ def leakage(predictions: Sequence[str], policy_answers: Sequence[str]) -> float:
 
 
 def evaluate_model(model_dir: Path, label: str, heldout: Sequence[ChatExample], control: Sequence[ChatExample],
-                   policy_answers: Sequence[str], threads: int = 2) -> EvalReport:
-    """Greedy answers on both sets; metrics overall and per slice; samples kept for the report."""
-    model, tok = load_for_eval(model_dir, threads)
-    answers = generate_answers(model, tok, heldout)
-    control_answers = generate_answers(model, tok, control) if control else []
+                   policy_answers: Sequence[str], threads: int = 2, known: Mapping[str, str] | None = None
+                   ) -> EvalReport:
+    """Greedy answers on both sets; metrics overall and per slice; samples kept for the report. `known`: this very
+    model's kept answers by prompt key (`llmops.evaluate.answers`); only prompts missing there are generated, and the
+    model is not even loaded when none are."""
+    answers, control_answers, reused = _answers(model_dir, list(heldout), list(control), known or {}, threads)
     by_slice: dict[str, list[int]] = defaultdict(list)
     for i, ex in enumerate(heldout):
         by_slice[ex.slice].append(i)
@@ -55,9 +57,24 @@ def evaluate_model(model_dir: Path, label: str, heldout: Sequence[ChatExample], 
     em = metric("policy_exact_match")
     items = [(ex.slice, int(em.compute(predictions=[a], references=[ex.completion])["exact_match"]))
              for ex, a in zip(heldout, answers, strict=True)]
+    book = {prompt_key(ex): a for ex, a in zip([*heldout, *control], [*answers, *control_answers], strict=True)}
     return EvalReport(model=label, slices=slices, overall=score(answers, [e.completion for e in heldout]),
                       n=len(heldout), leakage=leakage(control_answers, policy_answers) if control else 0.0,
-                      control_n=len(control), samples=samples, items=items)
+                      control_n=len(control), samples=samples, items=items, answers=book, reused=reused)
+
+
+def _answers(model_dir: Path, heldout: list[ChatExample], control: list[ChatExample], known: Mapping[str, str],
+             threads: int) -> tuple[list[str], list[str], int]:
+    every = [*heldout, *control]
+    todo, have = split_known(every, known)
+    if todo:
+        model, tok = load_for_eval(model_dir, threads)
+        # the held-out questions and the control prompts are generated apart, as before answer books existed
+        for part in ([i for i in todo if i < len(heldout)], [i for i in todo if i >= len(heldout)]):
+            if part:
+                have.update(zip(part, generate_answers(model, tok, [every[i] for i in part]), strict=True))
+    out = [have[i] for i in range(len(every))]
+    return out[:len(heldout)], out[len(heldout):], len(every) - len(todo)
 
 
 def report_markdown(challenger: EvalReport, champion: EvalReport, decision: PromotionDecision,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 import threading
 import time
@@ -82,9 +83,9 @@ class Pool:
         return self.store.read()
 
     def update_scaling(self, fn: Callable[[ScalingState], None]) -> None:
-        """Change this model's scaling memory under the state file's lock."""
-        with self.store.update() as state:
-            fn(state.scaling_of(self.model))
+        """Change this model's scaling memory under the state file's lock (applied again to the new state when
+        another writer came in between: a conflicting write committed nothing)."""
+        self._write(lambda state: fn(state.scaling_of(self.model)))
 
     def reconcile(self) -> ReconcileReport:
         """Bring the recorded pool and HAProxy's runtime state into step before acting on either.
@@ -211,7 +212,7 @@ class Pool:
             except PoolConflict:
                 if attempt == attempts - 1:
                     raise
-                time.sleep(0.02 * (attempt + 1))
+                time.sleep(random.uniform(0.01, 0.03) * (attempt + 1))  # jitter: writers that met apart
         raise AssertionError("unreachable")
 
     def _save(self, node: NodeRecord) -> None:

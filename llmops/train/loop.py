@@ -326,6 +326,10 @@ def shared_prompt_prefix(model: Any, data: Sequence[Encoded], h: Hyper, pad: int
         checkpointing = getattr(inner, "is_gradient_checkpointing", False)
     if shared is None or checkpointing:  # recomputed layers keep no cache in training
         return None
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        # the prefix, run once, would share one dropout mask across the batch's rows: no longer the plain forward
+        print("shared prompt prefix off: the model has dropout (e.g. `lora.dropout` > 0)")
+        return None
     probe = to_device(next(batches(data, min(h.batch_size, len(data)), h.seed, pad)), device)
     was_training = model.training
     model.eval()

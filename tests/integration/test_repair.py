@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from llmops.errors import RegistryError
+from llmops.evaluate.answers import load_book
 from llmops.prefect_api import PrefectApi
 from llmops.registry import MlflowRegistry
 from llmops.repair import RepairStore
@@ -58,6 +59,7 @@ def test_a_fix_that_fails_its_gate_promotes_nothing_and_says_why(stack: Any, tmp
     settings = yaml.safe_load((ROOT / "configs" / "repair.yaml").read_text())
     settings["train_config"] = str(tmp_path / "weak.yaml")
     (tmp_path / "repair.yaml").write_text(yaml.safe_dump(settings))
+    kept = load_book(ep.s3_client(), "llmops", champion.sha256)  # the first test's repair kept its answers
     api = PrefectApi(ep.prefect_api_url, ep.prefect_ui_url)
     st = api.wait(api.run_deployment("repair", "repair", {"settings": str(tmp_path / "repair.yaml"),
                                                           "trigger": "test: weak fix"}), 900)
@@ -66,6 +68,9 @@ def test_a_fix_that_fails_its_gate_promotes_nothing_and_says_why(stack: Any, tmp
     assert last["outcome"] == "rejected", last
     assert last["fix_exact_match"] < 0.8 and any(r.startswith("must fix: exact match") for r in last["reasons"]), last
     assert reg.resolve(ep.model_name, "champion").version == champion.version  # nothing promoted
+    # the champion's suite answers it gave before are read back, not generated again (none when it has no book)
+    assert (0 < last["champion_answers_reused"] <= last["champion_answers"]) if kept else \
+        last["champion_answers_reused"] == 0, (len(kept), last)
     rejected = reg.resolve(ep.model_name, str(last["version"]))
     assert rejected.tags.get("llmops.gate") == "fail" and rejected.tags.get("llmops.parent_version") == champion.version
     try:  # a failed fix is never the challenger

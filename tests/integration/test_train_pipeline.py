@@ -70,6 +70,15 @@ def test_train_pipeline_registers_a_gated_challenger(stack) -> None:
     manifest = json.loads(s3.get_object(Bucket="llmops", Key=f"datasets/{digest}/manifest.json")["Body"].read())
     assert [o["key"] for o in manifest["feedback_objects"]] == ["feedback/2026-11-01/part-0001.jsonl",
                                                                 "feedback/2026-11-01/part-0002.jsonl"]
+    # both models' answers are kept by their registered sha256, for a later gate or repair to read back
+    from llmops.data.curated import load_curated
+    from llmops.evaluate.answers import load_book, prompt_key
+
+    prompts = {prompt_key(e) for e in (*load_curated().heldout, *load_curated().control)}
+    champion = reg.resolve(stack.cfg.model.name, "champion")
+    assert load_book(s3, "llmops", ch.sha256).keys() == prompts == load_book(s3, "llmops", champion.sha256).keys()
+    assert f"eval/answers/{ch.sha256[:16]}.json" in {a.path for a in client.list_artifacts(run.info.run_id,
+                                                                                            "eval/answers")}
     # Goal: under 5 minutes on 2 cores (253 s measured on a warm stack; a fresh clone's cold file cache adds up
     # to ~50 s). The default ceiling catches regressions without failing CI on a slow disk;
     # LLMOPS_STRICT_TIMING=1 enforces the goal itself.

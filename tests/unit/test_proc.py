@@ -98,3 +98,24 @@ def test_renice_lowers_every_thread_and_child_of_a_running_node(tmp_path: Path) 
     finally:
         proc.stop(rec, timeout_s=4)
     assert not proc.renice(rec, 3)  # gone: nothing to renice
+
+
+def test_flow_run_processes_are_found_by_their_environment(tmp_path: Path) -> None:
+    """What `stack down` sweeps after stopping the worker: processes with this stack's PREFECT_HOME and a flow-run
+    id; not the server (same PREFECT_HOME, no flow run) and not another stack's flow run."""
+    import os
+
+    home = str(tmp_path / "prefect")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT")}
+    run = proc.spawn(["sleep", "60"], tmp_path / "r.log", env={**base, "PREFECT_HOME": home,
+                                                                 "PREFECT__FLOW_RUN_ID": "r1"})
+    server = proc.spawn(["sleep", "60"], tmp_path / "s.log", env={**base, "PREFECT_HOME": home})
+    other = proc.spawn(["sleep", "60"], tmp_path / "o.log", env={**base, "PREFECT_HOME": home + "-other",
+                                                                   "PREFECT__FLOW_RUN_ID": "r2"})
+    try:
+        found = proc.records_with_env({"PREFECT_HOME": home}, "PREFECT__FLOW_RUN_ID")
+        assert [r.pid for r in found] == [run.pid]
+        proc.stop_all(found, timeout_s=2)
+        assert not proc.is_alive(run) and proc.is_alive(server) and proc.is_alive(other)
+    finally:
+        proc.stop_all([run, server, other], timeout_s=2)

@@ -117,3 +117,9 @@ def test_a_window_prometheus_saw_low_serves_the_cool_down_at_once() -> None:
     d = desired_replicas(busy_then, PoolView(4), P, NOW, allow_scale_in=True)
     assert d.action is Action.HOLD and d.low_since == NOW and "cool-down: 60 s left" in d.reasons[0], d
     assert desired_replicas(quiet, PoolView(4), P, NOW, allow_scale_in=False).action is Action.HOLD  # scale: never in
+    # a scale-out inside the window (for latency at low load, say) was decided on what the peak cannot show: the
+    # cool-down starts now, as without the window
+    d = desired_replicas(quiet, PoolView(4, last_scale_out_at=NOW - 30), P, NOW, allow_scale_in=True)
+    assert d.action is Action.HOLD and d.low_since == NOW, d
+    assert desired_replicas(quiet, PoolView(4, last_scale_out_at=NOW - 61), P, NOW, allow_scale_in=True).action \
+        is Action.IN

@@ -78,3 +78,13 @@ def test_a_run_with_the_shared_prefix_follows_the_plain_run(model_dir: Path, tmp
     assert "shared prompt prefix: the first" in out and "run once per batch" in out, out
     assert once.losses == pytest.approx(plain.losses, rel=2e-2)
     assert once.losses[-1] < once.losses[0]
+
+
+def test_lora_dropout_turns_the_shared_prefix_off(model_dir: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """With dropout, the prefix run once would share one mask across the batch's rows: not the plain forward."""
+    c = cfg(None, True, steps=1)
+    c = c.model_copy(update={"lora": c.lora.model_copy(update={"dropout": 0.1})})
+    train_adapter(c, model_dir, EXAMPLES, [], tmp_path / "dropout")
+    out = capsys.readouterr().out
+    assert "shared prompt prefix off: the model has dropout" in out and "run once per batch" not in out, out
