@@ -8,14 +8,15 @@ Like the canary, it talks to the world through small interfaces (pool, metrics, 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from llmops.errors import LlmopsError
 from llmops.metrics import MetricsSource
+from llmops.parallel import side_by_side
 from llmops.pool.manager import ReconcileReport
 from llmops.pool.state import NodeRecord, PoolState, ScalingState
 from llmops.scaling import SCALE_OUT_ALERTS, Action, Observation, PoolView, ScaleDecision, ScalePolicy, desired_replicas
@@ -173,18 +174,16 @@ class Autoscaler:
         nodes at weight 0, all side by side; the first failure is raised after the others finished."""
         if serving + standby <= 0:
             return
-        with ThreadPoolExecutor(max_workers=serving + standby) as ex:
-            futures = [(ex.submit(self.pool.add_node, self.alias, engine=self.engine, weight=100), False)
-                       for _ in range(serving)]
-            futures += [(ex.submit(self.pool.add_node, self.alias, engine=self.engine, weight=0, standby=True), True)
-                        for _ in range(standby)]
+        kinds = [False] * serving + [True] * standby
+        results = side_by_side([functools.partial(self.pool.add_node, self.alias, engine=self.engine,
+                                                  weight=0 if s else 100, standby=s) for s in kinds])
         failures = []
-        for f, is_standby in futures:
-            try:
-                node = f.result()
-            except LlmopsError as err:
-                failures.append(err)
+        for node, is_standby in zip(results, kinds, strict=True):
+            if isinstance(node, LlmopsError):
+                failures.append(node)
                 continue
+            if isinstance(node, BaseException):
+                raise node
             if is_standby:
                 result.standby_started.append(node.name)
                 self.say(f"warm standby {node.name} (v{node.version}) ready at weight 0")

@@ -7,13 +7,16 @@ it runs against the real stack in integration tests and against fakes in unit te
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from llmops.errors import LlmopsError
 from llmops.metrics import MetricsSource, version_traffic
+from llmops.parallel import all_or_first_error, side_by_side
 from llmops.pool.state import NodeRecord
 from llmops.probe import ProbeResult
 from llmops.registry import ModelVersionRef
@@ -88,6 +91,10 @@ class CanaryRollout:
     say: Say = print
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    # the most nodes (serving, standby and the canary) the pool may run at once (max_replicas + warm_standby and
+    # what the budget pays); the new champion's replacements start beside the last step where they fit under it
+    # (a rolling update's surge), else after the promotion. None: never beside the step
+    max_nodes: int | None = None
     _quality: ProbeResult | None = field(default=None, init=False, repr=False)
 
     def run(self, version_or_alias: str) -> RolloutReport:
@@ -116,48 +123,77 @@ class CanaryRollout:
             return self._rolled_back(report, canary, f"quality probe before traffic: {first.score:.3f} < "
                                                      f"{self.policy.min_quality}", t0)
         self._quality = first
+        surge = _Surge()
         for share in self.policy.steps:
             self.pool.reconcile()
             alive = {n.name for n in self.pool.nodes()}
             if canary.name not in alive:
                 return self._rolled_back(report, None, f"canary node {canary.name} died before the {share}% step",
-                                         t0)
+                                         t0, surge)
             baseline = [n for n in baseline if n.name in alive]
             if not baseline:
-                return self._rolled_back(report, canary, "no champion node left to compare with (all died)", t0)
+                return self._rolled_back(report, canary, "no champion node left to compare with (all died)", t0,
+                                         surge)
+            if share == self.policy.steps[-1]:
+                self._start_surge(surge, baseline, cand.version)
             step = self._step(canary, baseline, share, report, t0)
             report.steps.append(step)
             self.say(f"step {share}%: {step.verdict} ({'; '.join(step.reasons)})")
             if step.verdict != Verdict.PASS.value:
-                return self._rolled_back(report, canary, f"step {share}%: {'; '.join(step.reasons)}", t0)
+                return self._rolled_back(report, canary, f"step {share}%: {'; '.join(step.reasons)}", t0, surge)
         self.registry.set_alias(self.pool.model, "champion", cand.version)
         self.registry.tag_version(self.pool.model, cand.version, "rollout", "promoted")
         self.registry.tag_version(self.pool.model, cand.version, "rollout_reason", "all steps passed")
         if champion.version != cand.version:  # what `llmops rollback` rolls back to
             self.registry.tag_version(self.pool.model, cand.version, "previous_champion", champion.version)
+        # the canary goes back to the pool's normal weight (the last step gave it the maximum, 256: beside the
+        # replacements at 100 it would keep most of the traffic), and the replacements started beside the last step
+        # take traffic before the baseline leaves
+        self.pool.set_weight(canary.name, 100)
+        ready = surge.wait(self.say)
+        for node in ready:
+            if not node.standby:
+                self.pool.set_weight(node.name, 100)
         for node in baseline:  # drained (weight 0 already, wait for zero in flight) and stopped
             self.pool.remove_node(node.name)
         old_standby = [n for n in self.pool.nodes() if n.standby and n.version != cand.version]
         for node in old_standby:  # a standby promoted later must serve the champion too
             self.pool.remove_node(node.name)
-        # keep the pool's size, every node on the new champion: the replacements start side by side (their loads
-        # and health checks overlap), serving ones at full weight, the standby at 0
-        self._start_all([False] * (len(baseline) - 1) + [True] * len(old_standby), cand.version)
+        # keep the pool's size, every node on the new champion: what did not start beside the last step starts now,
+        # side by side (loads and health checks overlap), serving ones at full weight, the standby at 0
+        serve = len(baseline) - 1 - sum(1 for n in ready if not n.standby)
+        standby = len(old_standby) + len(surge.standby_removed) - sum(1 for n in ready if n.standby)
+        self._start_all([False] * max(serve, 0) + [True] * max(standby, 0), cand.version)
         report.promoted, report.reason, report.seconds = True, "all steps passed", self.clock() - t0
         return report
+
+    def _start_surge(self, surge: _Surge, baseline: list[NodeRecord], version: str) -> None:
+        """Start the new champion's replacements (serving ones at weight 0 until the promotion, the standby as
+        standby) in the background while the last step runs, as many as fit under `max_nodes`, serving ones
+        first. The old standby nodes go first: nothing can promote them while the rollout holds the pool."""
+        if self.max_nodes is None:
+            return
+        nodes = self.pool.nodes()
+        old_standby = [n for n in nodes if n.standby and n.version != version]
+        room = self.max_nodes - (len(nodes) - len(old_standby))
+        serve = min(len(baseline) - 1, max(room, 0))
+        standby = min(len(old_standby), max(room - serve, 0))
+        if serve + standby == 0:
+            return
+        for node in old_standby:
+            self.pool.remove_node(node.name)
+            surge.standby_removed.append(node)
+        self.say(f"starting {serve} serving and {standby} standby node(s) of v{version} beside the last step")
+        surge.start([functools.partial(self.pool.add_node, version, engine=self.engine, weight=0,
+                                       standby=False) for _ in range(serve)]
+                    + [functools.partial(self.pool.add_node, version, engine=self.engine, weight=0, standby=True)
+                       for _ in range(standby)])
 
     def _start_all(self, standby: list[bool], version: str) -> None:
         """Start one node of `version` per entry (a standby at weight 0 where True) at once; the first failure
         raises after every start has finished."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        if not standby:
-            return
-        with ThreadPoolExecutor(max_workers=len(standby)) as ex:
-            futures = [ex.submit(self.pool.add_node, version, engine=self.engine, weight=0 if s else 100, standby=s)
-                       for s in standby]
-        for f in futures:
-            f.result()
+        all_or_first_error([functools.partial(self.pool.add_node, version, engine=self.engine,
+                                              weight=0 if s else 100, standby=s) for s in standby])
 
     def _step(self, canary: NodeRecord, baseline: list[NodeRecord], share: int, report: RolloutReport,
               t0: float) -> StepRecord:
@@ -184,16 +220,47 @@ class CanaryRollout:
             if verdict.verdict is not Verdict.WAIT:
                 return StepRecord(share, verdict.verdict.value, waited, verdict.reasons, obs)
 
-    def _rolled_back(self, report: RolloutReport, canary: NodeRecord | None, reason: str, t0: float
-                     ) -> RolloutReport:
+    def _rolled_back(self, report: RolloutReport, canary: NodeRecord | None, reason: str, t0: float,
+                     surge: _Surge | None = None) -> RolloutReport:
         if canary is not None and any(n.name == canary.name for n in self.pool.nodes()):
             self.pool.set_weight(canary.name, 0)
             self.pool.remove_node(canary.name)
+        if surge is not None:  # the replacements started beside the last step go; the champion's standby returns
+            for node in surge.wait(self.say):
+                self.pool.remove_node(node.name)
+            if surge.standby_removed:
+                self._start_all([True] * len(surge.standby_removed), report.baseline)
         for node in self.pool.nodes():  # the champion's nodes take all traffic again (also after a dead canary)
-            if node.weight != 100:
+            if node.weight != 100 and not node.standby:
                 self.pool.set_weight(node.name, 100)
         self.registry.tag_version(self.pool.model, report.candidate, "rollout", "rolled_back")
         self.registry.tag_version(self.pool.model, report.candidate, "rollout_reason", reason[:500])
         report.promoted, report.reason, report.seconds = False, reason, self.clock() - t0
         self.say(f"rolled back v{report.candidate}: {reason}")
         return report
+
+
+@dataclass
+class _Surge:
+    """Replacements started in the background beside the last step, and the old standby nodes removed for them."""
+
+    standby_removed: list[NodeRecord] = field(default_factory=list)
+    _thread: threading.Thread | None = None
+    _results: list[NodeRecord | BaseException] = field(default_factory=list)
+
+    def start(self, starts: Sequence[Callable[[], NodeRecord]]) -> None:
+        self._thread = threading.Thread(target=lambda: self._results.extend(side_by_side(starts)), daemon=True)
+        self._thread.start()
+
+    def wait(self, say: Say) -> list[NodeRecord]:
+        """The nodes that started (once all starts finished); a failed start is said and left to the caller."""
+        if self._thread is None:
+            return []
+        self._thread.join()
+        self._thread = None
+        for r in self._results:
+            if isinstance(r, BaseException):
+                say(f"a replacement beside the last step failed to start: {r}")
+        ready = [r for r in self._results if isinstance(r, NodeRecord)]
+        self._results = []
+        return ready

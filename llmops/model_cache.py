@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmops.errors import IntegrityError
 from llmops.hashing import dir_sha256
+
+_VERIFIED: dict[str, tuple[str, tuple[tuple[str, int, int, int], ...]]] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+def _fingerprint(root: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """(relative path, size, mtime ns, inode) of every file the digest covers (hidden files excluded)."""
+    out = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            st = p.stat()
+            out.append((rel.as_posix(), st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -36,7 +51,14 @@ class ModelCache:
         return self.root / f"sha256-{sha256}"
 
     def verify(self, path: Path, expected: str) -> None:
-        """Raise IntegrityError unless the tree at `path` hashes to `expected`."""
+        """Raise IntegrityError unless the tree at `path` hashes to `expected`. Within one process a tree already
+        hashed to `expected` whose files all kept their name, size, mtime and inode is not hashed again (nodes
+        started side by side would each re-read the same ~300 MB); any write to it changes its mtime."""
+        key = str(path.resolve())
+        seen = _fingerprint(path)
+        with _VERIFIED_LOCK:
+            if _VERIFIED.get(key) == (expected, seen):
+                return
         actual = dir_sha256(path)
         if actual != expected:
             raise IntegrityError(
@@ -44,6 +66,8 @@ class ModelCache:
                 "the copy is corrupt or the registry tag is wrong: `llmops model verify` re-pulls it; "
                 "if the registry copy is wrong, re-register the version",
             )
+        with _VERIFIED_LOCK:
+            _VERIFIED[key] = (expected, seen)
 
     def get(self, sha256: str, fetch: Callable[[Path], None]) -> CachedModel:
         """Return the verified directory for `sha256`, calling `fetch(tmpdir)` to fill it on a miss.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import shutil
@@ -19,6 +20,7 @@ from llmops import proc
 from llmops.basemodel import ensure_base_registered
 from llmops.endpoints import Endpoints
 from llmops.errors import ServiceError
+from llmops.parallel import all_or_first_error
 from llmops.pool.launcher import LocalProcessLauncher
 from llmops.pool.manager import Pool, stack_pool
 from llmops.pool.state import pool_store
@@ -216,8 +218,6 @@ class Stack:
     def _ensure_nodes(self, say: Say) -> None:
         """For each tenant's pool: reconcile it with HAProxy (keep live nodes, re-add them if HAProxy restarted,
         drop dead ones), then start the missing ones up to its own `min_replicas`."""
-        from concurrent.futures import ThreadPoolExecutor
-
         missing: list[tuple[TenantPool, Pool]] = []
         for tp in self.cfg.pools():
             pool = self.pool(tp.model)
@@ -235,10 +235,8 @@ class Stack:
         for pool in {id(p): p for _, p in missing}.values():  # one hash-checked pull per version, then the starts
             if pool.launcher.pulls_locally:
                 pull_verified(pool.registry, pool.cache, pool.model, self.cfg.model.alias)
-        if missing:  # every missing node at once: loads and health checks overlap
-            with ThreadPoolExecutor(max_workers=len(missing)) as ex:
-                for f in [ex.submit(start, tp, pool) for tp, pool in missing]:
-                    f.result()
+        # every missing node at once: loads and health checks overlap
+        all_or_first_error([functools.partial(start, tp, pool) for tp, pool in missing])
 
     def _stop_new_nodes(self, before: set[str]) -> None:
         for pool in self.pools():

@@ -185,3 +185,99 @@ def test_a_garbage_version_is_rolled_back_before_any_user_traffic() -> None:
     report = r.run("challenger")
     assert not report.promoted and report.steps == [] and "before traffic" in report.reason
     assert reg.aliases["champion"] == "1" and [(n.version, n.weight) for n in pool.nodes()] == [("1", 100)]
+
+
+class LoggingPool(FakePool):
+    """Records (event, node, live nodes after it) for every start, weight change and removal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[str, str, int]] = []
+
+    def add_node(self, version_or_alias: str, engine: str = "transformers", weight: int = 100,
+                 standby: bool = False) -> NodeRecord:
+        node = super().add_node(version_or_alias, engine, weight, standby)
+        self.log.append((f"add v{version_or_alias} w{weight}{' standby' if standby else ''}", node.name,
+                         len(self.nodes_)))
+        return node
+
+    def set_weight(self, name: str, weight: int) -> None:
+        super().set_weight(name, weight)
+        self.log.append((f"weight {weight}", name, len(self.nodes_)))
+
+    def remove_node(self, name: str, drain_timeout_s: float = 60) -> None:
+        super().remove_node(name)
+        self.log.append(("remove", name, len(self.nodes_)))
+
+
+class LastStepMetrics(FakeMetrics):
+    """The canary's p95 turns bad at the last step (it has all the traffic: the champion's nodes are at 0)."""
+
+    def __init__(self, clock: list[float], pool: FakePool) -> None:
+        super().__init__(clock)
+        self.pool = pool
+
+    def scalar(self, expr: str) -> float | None:
+        nodes = self.pool.nodes()
+        if "histogram_quantile" in expr and 'version="2"' in expr and any(
+                n.version == "2" and n.weight == 256 for n in nodes) and not any(
+                n.version == "1" and n.weight > 0 for n in nodes):
+            return 9.0
+        return super().scalar(expr)
+
+
+def surge_rollout(max_nodes: int, fail_last_step: bool = False) -> tuple[CanaryRollout, LoggingPool, FakeRegistry]:
+    clock, pool, reg = [0.0], LoggingPool(), FakeRegistry()
+    pool.add_node("1"), pool.add_node("1"), pool.add_node("1", weight=0, standby=True)
+    pool.log.clear()
+
+    def sleep(s: float) -> None:
+        clock[0] += s
+
+    metrics = LastStepMetrics(clock, pool) if fail_last_step else FakeMetrics(clock)
+    r = CanaryRollout(pool, reg, metrics, probe=lambda node: ProbeResult(0.9, 0.9, 0.9, 0, ()),
+                      policy=CanaryPolicy(min_requests=10, max_wait_s=60), poll_s=2.0, say=lambda _: None,
+                      clock=lambda: clock[0], sleep=sleep, max_nodes=max_nodes)
+    return r, pool, reg
+
+
+def test_replacements_start_beside_the_last_step_and_serve_before_the_baseline_leaves() -> None:
+    """A rolling update's surge: 2 serving + 1 standby of v1, max 5 nodes. The old standby goes at the last step
+    (nothing can promote it while the rollout holds the pool), one serving and one standby node of v2 start beside
+    the step, the serving one takes traffic, then the baseline drains: never fewer than two nodes in rotation after
+    the canary took all traffic, never more than 5 nodes."""
+    r, pool, reg = surge_rollout(max_nodes=5)
+    report = r.run("challenger")
+    assert report.promoted and reg.aliases["champion"] == "2"
+    assert max(n for _, _, n in pool.log) <= 5
+    events = [(e, name) for e, name, _ in pool.log]
+    assert ("remove", "n3") in events  # the old standby
+    canary, *surge = [name for e, name in events if e == "add v2 w0"]  # the canary, then one serving replacement
+    assert len(surge) == 1 and [e for e, _ in events].count("add v2 w0 standby") == 1, events
+    assert events.index(("remove", "n3")) < events.index(("add v2 w0", surge[0])), events
+    into_rotation = events.index(("weight 100", surge[0]))
+    assert events.index(("weight 100", canary)) < into_rotation  # the canary leaves its 256 of the last step
+    first_baseline_gone = next(i for i, (e, name) in enumerate(events) if e == "remove" and name in ("n1", "n2"))
+    assert into_rotation < first_baseline_gone, events
+    assert not [e for e in events[first_baseline_gone:] if e[0].startswith("add")], events  # nothing left to start
+    nodes = pool.nodes()
+    assert {n.version for n in nodes} == {"2"} and sorted((n.standby, n.weight) for n in nodes) == \
+        [(False, 100), (False, 100), (True, 0)]
+
+
+def test_without_room_the_replacements_start_after_the_promotion() -> None:
+    r, pool, reg = surge_rollout(max_nodes=4)  # baseline 2 + canary 1 + standby 1: room for no standby and ...
+    report = r.run("challenger")
+    assert report.promoted and max(n for _, _, n in pool.log) <= 4
+    nodes = pool.nodes()
+    assert {n.version for n in nodes} == {"2"} and sorted((n.standby, n.weight) for n in nodes) == \
+        [(False, 100), (False, 100), (True, 0)]
+
+
+def test_a_failed_last_step_removes_the_replacements_and_brings_the_champions_standby_back() -> None:
+    r, pool, reg = surge_rollout(max_nodes=5, fail_last_step=True)
+    report = r.run("challenger")
+    assert not report.promoted and "step 100%" in report.reason and reg.aliases["champion"] == "1"
+    nodes = pool.nodes()
+    assert {n.version for n in nodes} == {"1"} and sorted((n.standby, n.weight) for n in nodes) == \
+        [(False, 100), (False, 100), (True, 0)]  # the standby is back at weight 0, not put in rotation

@@ -123,3 +123,25 @@ def test_two_concurrent_pulls_of_one_version_both_get_it(tmp_path: Path) -> None
         t.join()
     assert len(results) == 2 and {r.path for r in results} == {cache.path_for(sha)}  # type: ignore[attr-defined]
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"sha256-{sha}"]  # no temporary copy left
+
+
+def test_an_unchanged_verified_copy_is_not_hashed_again_but_any_write_is_caught(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch
+                                                                               ) -> None:
+    import llmops.model_cache as mc
+
+    src = make_model(tmp_path / "src")
+    digest = dir_sha256(src)
+    cache = ModelCache(tmp_path / "cache")
+    cached = cache.get(digest, copier(src)[0])
+    hashed: list[Path] = []
+    monkeypatch.setattr(mc, "dir_sha256", lambda p: hashed.append(p) or dir_sha256(p))
+    cache.verify(cached.path, digest)
+    cache.verify(cached.path, digest)
+    assert len(hashed) <= 1  # at most once more (the fetch verified its temporary directory), then not again
+    n = len(hashed)
+    f = cached.path / "sub" / "model.safetensors"
+    f.write_bytes(b"WEIGHTS")  # same size, new content: its mtime moved
+    with pytest.raises(IntegrityError):
+        cache.verify(cached.path, digest)
+    assert len(hashed) == n + 1

@@ -15,6 +15,8 @@ from llmops.train.config import Hyper, LoraSettings, Method, TrainConfig
 from llmops.train.loop import batches, completion_loss, encode, with_states
 from llmops.train.prefix import find_frozen_prefix, prefix_states
 
+from .lossgrad import assert_same_loss_and_grads
+
 # prompts of different lengths: the cache is built in length-sorted batches, training batches mix them
 EXAMPLES = [ChatExample(prompt=chat("Tell me " + "really " * (i % 4) + f"about plan {i}?"),
                         completion=f"Plan {i} costs {10 + i} dollars a month.") for i in range(12)]
@@ -44,8 +46,6 @@ def test_prefix_found_only_below_the_first_trainable_layer(deep_model_dir: Path)
 
 
 def test_cached_states_give_the_same_loss_and_gradients(deep_model_dir: Path) -> None:
-    import torch
-
     model, tok = load_for_training(cfg(2), deep_model_dir)
     model = model.float()
     prefix = find_frozen_prefix(model)
@@ -54,18 +54,8 @@ def test_cached_states_give_the_same_loss_and_gradients(deep_model_dir: Path) ->
     states = prefix_states(prefix, data, batch_size=5, pad_id=tok.pad_token_id)
     assert [s.shape[0] for s in states] == [len(e.input_ids) for e in data]
     batch = next(batches(data, 4, 3, tok.pad_token_id))
-    grads = []
-    for use_cache in (False, True):
-        model.zero_grad(set_to_none=True)
-        b = with_states(batch, states) if use_cache else batch
-        loss = completion_loss(model, b, 2, 3.0, prefix if use_cache else None)
-        loss.backward()
-        grads.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
-    (full, g_full), (cached, g_cached) = grads
-    assert cached == pytest.approx(full, rel=1e-5)
-    assert g_full.keys() == g_cached.keys() and g_full
-    for name, g in g_full.items():
-        assert torch.allclose(g, g_cached[name], rtol=1e-3, atol=1e-6), name
+    assert_same_loss_and_grads(model, lambda: completion_loss(model, batch, 2, 3.0),
+                               lambda: completion_loss(model, with_states(batch, states), 2, 3.0, prefix))
     assert len(prefix.decoder.layers) == 6  # the full stack is back after the cached forward
 
 

@@ -14,6 +14,8 @@ from llmops.train.config import Hyper, LoraSettings, Method, TrainConfig
 from llmops.train.loop import IGNORE, Encoded, batches, completion_loss, encode
 from llmops.train.shared_prefix import find_shared_prefix
 
+from .lossgrad import assert_same_loss_and_grads
+
 EXAMPLES = [ChatExample(prompt=chat("Tell me " + "really " * (i % 4) + f"about plan {i}?"),
                         completion=f"Plan {i} costs {10 + i} dollars a month.") for i in range(12)]
 
@@ -43,8 +45,6 @@ def test_the_prefix_is_the_common_head_and_stops_before_any_label() -> None:
 
 
 def test_once_per_batch_gives_the_same_loss_and_gradients(model_dir: Path) -> None:
-    import torch
-
     model, tok = load_for_training(cfg(2, True), model_dir)
     model = model.float()
     data = [encode(tok, e, 256) for e in EXAMPLES]
@@ -52,17 +52,8 @@ def test_once_per_batch_gives_the_same_loss_and_gradients(model_dir: Path) -> No
     assert shared is not None and shared.length >= 10  # the system turn and the user turn's header
     batch = next(batches(data, 4, 3, tok.pad_token_id))
     assert len({int(m.sum()) for m in batch["attention_mask"]}) > 1  # rows of different lengths: padding on the right
-    grads = []
-    for use in (None, shared):
-        model.zero_grad(set_to_none=True)
-        loss = completion_loss(model, batch, 2, 3.0, shared=use)
-        loss.backward()
-        grads.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
-    (plain, g_plain), (once, g_once) = grads
-    assert once == pytest.approx(plain, rel=1e-5)
-    assert g_plain.keys() == g_once.keys() and g_plain
-    for name, g in g_plain.items():
-        assert torch.allclose(g, g_once[name], rtol=1e-3, atol=1e-6), name
+    assert_same_loss_and_grads(model, lambda: completion_loss(model, batch, 2, 3.0),
+                               lambda: completion_loss(model, batch, 2, 3.0, shared=shared))
     other = ChatExample(prompt=(Message(role="user", content="No system turn here?"),), completion="None.")
     odd = next(batches([encode(tok, other, 256)] * 2, 2, 0, tok.pad_token_id))
     assert not shared.matches(odd["input_ids"])  # a batch without the prefix takes the plain forward
