@@ -92,8 +92,8 @@ class CanaryRollout:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     # the most nodes (serving, standby and the canary) the pool may run at once (max_replicas + warm_standby and
-    # what the budget pays); the new champion's replacements start beside the last step where they fit under it
-    # (a rolling update's surge), else after the promotion. None: never beside the step
+    # what the budget pays); the new champion's replacements start with the canary where they fit under it (a
+    # rolling update's surge), else after the promotion. None: always after the promotion
     max_nodes: int | None = None
     _quality: ProbeResult | None = field(default=None, init=False, repr=False)
 
@@ -110,10 +110,12 @@ class CanaryRollout:
         if not baseline:
             raise LlmopsError(f"every node of {self.pool.model} already serves v{cand.version}",
                               "nothing to roll out: it already serves everywhere (to go back, `llmops rollback`)")
+        surge = _Surge()
+        self._start_surge(surge, baseline, cand.version)
         try:
             canary = self.pool.add_node(cand.version, engine=self.engine, weight=0)
         except LlmopsError as err:  # the pre-registration serving test: no user traffic reached it
-            return self._rolled_back(report, None, f"canary failed its serving test: {err.problem}", t0)
+            return self._rolled_back(report, None, f"canary failed its serving test: {err.problem}", t0, surge)
         self.say(f"canary {canary.name} v{cand.version} joined at weight 0 beside {len(baseline)} node(s)")
         # The quality probe runs before any user traffic: a garbage version never answers a user, and the probe
         # warms the fresh node up (its first requests are slow; probe traffic is excluded from the latency
@@ -121,9 +123,9 @@ class CanaryRollout:
         first = self.probe(canary)
         if first.score < self.policy.min_quality:
             return self._rolled_back(report, canary, f"quality probe before traffic: {first.score:.3f} < "
-                                                     f"{self.policy.min_quality}", t0)
+                                                     f"{self.policy.min_quality}", t0, surge)
         self._quality = first
-        surge = _Surge()
+        surge.wait(self.say)  # no step is judged while nodes load beside it (on shared cores that skews latency)
         for share in self.policy.steps:
             self.pool.reconcile()
             alive = {n.name for n in self.pool.nodes()}
@@ -134,8 +136,6 @@ class CanaryRollout:
             if not baseline:
                 return self._rolled_back(report, canary, "no champion node left to compare with (all died)", t0,
                                          surge)
-            if share == self.policy.steps[-1]:
-                self._start_surge(surge, baseline, cand.version)
             step = self._step(canary, baseline, share, report, t0)
             report.steps.append(step)
             self.say(f"step {share}%: {step.verdict} ({'; '.join(step.reasons)})")
@@ -147,8 +147,8 @@ class CanaryRollout:
         if champion.version != cand.version:  # what `llmops rollback` rolls back to
             self.registry.tag_version(self.pool.model, cand.version, "previous_champion", champion.version)
         # the canary goes back to the pool's normal weight (the last step gave it the maximum, 256: beside the
-        # replacements at 100 it would keep most of the traffic), and the replacements started beside the last step
-        # take traffic before the baseline leaves
+        # replacements at 100 it would keep most of the traffic), and the replacements started with the canary take
+        # traffic before the baseline leaves
         self.pool.set_weight(canary.name, 100)
         ready = surge.wait(self.say)
         for node in ready:
@@ -159,7 +159,7 @@ class CanaryRollout:
         old_standby = [n for n in self.pool.nodes() if n.standby and n.version != cand.version]
         for node in old_standby:  # a standby promoted later must serve the champion too
             self.pool.remove_node(node.name)
-        # keep the pool's size, every node on the new champion: what did not start beside the last step starts now,
+        # keep the pool's size, every node on the new champion: what did not start with the canary starts now,
         # side by side (loads and health checks overlap), serving ones at full weight, the standby at 0
         serve = len(baseline) - 1 - sum(1 for n in ready if not n.standby)
         standby = len(old_standby) + len(surge.standby_removed) - sum(1 for n in ready if n.standby)
@@ -169,13 +169,13 @@ class CanaryRollout:
 
     def _start_surge(self, surge: _Surge, baseline: list[NodeRecord], version: str) -> None:
         """Start the new champion's replacements (serving ones at weight 0 until the promotion, the standby as
-        standby) in the background while the last step runs, as many as fit under `max_nodes`, serving ones
+        standby) in the background beside the canary, as many as fit under `max_nodes` with it, serving ones
         first. The old standby nodes go first: nothing can promote them while the rollout holds the pool."""
         if self.max_nodes is None:
             return
         nodes = self.pool.nodes()
         old_standby = [n for n in nodes if n.standby and n.version != version]
-        room = self.max_nodes - (len(nodes) - len(old_standby))
+        room = self.max_nodes - (len(nodes) - len(old_standby)) - 1  # the canary
         serve = min(len(baseline) - 1, max(room, 0))
         standby = min(len(old_standby), max(room - serve, 0))
         if serve + standby == 0:
@@ -183,7 +183,8 @@ class CanaryRollout:
         for node in old_standby:
             self.pool.remove_node(node.name)
             surge.standby_removed.append(node)
-        self.say(f"starting {serve} serving and {standby} standby node(s) of v{version} beside the last step")
+        self.say(f"starting {serve} serving and {standby} standby node(s) of v{version} beside the canary, at "
+                 "weight 0 until the promotion")
         surge.start([functools.partial(self.pool.add_node, version, engine=self.engine, weight=0,
                                        standby=False) for _ in range(serve)]
                     + [functools.partial(self.pool.add_node, version, engine=self.engine, weight=0, standby=True)
@@ -225,7 +226,7 @@ class CanaryRollout:
         if canary is not None and any(n.name == canary.name for n in self.pool.nodes()):
             self.pool.set_weight(canary.name, 0)
             self.pool.remove_node(canary.name)
-        if surge is not None:  # the replacements started beside the last step go; the champion's standby returns
+        if surge is not None:  # the replacements started with the canary go; the champion's standby returns
             for node in surge.wait(self.say):
                 self.pool.remove_node(node.name)
             if surge.standby_removed:
@@ -242,9 +243,10 @@ class CanaryRollout:
 
 @dataclass
 class _Surge:
-    """Replacements started in the background beside the last step, and the old standby nodes removed for them."""
+    """Replacements started in the background beside the canary, and the old standby nodes removed for them."""
 
     standby_removed: list[NodeRecord] = field(default_factory=list)
+    ready: list[NodeRecord] = field(default_factory=list)
     _thread: threading.Thread | None = None
     _results: list[NodeRecord | BaseException] = field(default_factory=list)
 
@@ -253,14 +255,12 @@ class _Surge:
         self._thread.start()
 
     def wait(self, say: Say) -> list[NodeRecord]:
-        """The nodes that started (once all starts finished); a failed start is said and left to the caller."""
-        if self._thread is None:
-            return []
-        self._thread.join()
-        self._thread = None
-        for r in self._results:
-            if isinstance(r, BaseException):
-                say(f"a replacement beside the last step failed to start: {r}")
-        ready = [r for r in self._results if isinstance(r, NodeRecord)]
-        self._results = []
-        return ready
+        """The nodes that started (once every start finished); a failed start is said and left to the caller."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            for r in self._results:
+                if isinstance(r, BaseException):
+                    say(f"a replacement started beside the canary failed: {r}")
+            self.ready = [r for r in self._results if isinstance(r, NodeRecord)]
+        return self.ready

@@ -241,20 +241,23 @@ def surge_rollout(max_nodes: int, fail_last_step: bool = False) -> tuple[CanaryR
     return r, pool, reg
 
 
-def test_replacements_start_beside_the_last_step_and_serve_before_the_baseline_leaves() -> None:
-    """A rolling update's surge: 2 serving + 1 standby of v1, max 5 nodes. The old standby goes at the last step
-    (nothing can promote it while the rollout holds the pool), one serving and one standby node of v2 start beside
-    the step, the serving one takes traffic, then the baseline drains: never fewer than two nodes in rotation after
-    the canary took all traffic, never more than 5 nodes."""
+def test_replacements_start_with_the_canary_and_serve_before_the_baseline_leaves() -> None:
+    """A rolling update's surge: 2 serving + 1 standby of v1, max 5 nodes. The old standby goes first (nothing can
+    promote it while the rollout holds the pool); one serving and one standby node of v2 start beside the canary and
+    are up before the first step is judged; at the promotion the serving one takes traffic, then the baseline
+    drains: never only the canary in rotation, never more than 5 nodes."""
     r, pool, reg = surge_rollout(max_nodes=5)
     report = r.run("challenger")
     assert report.promoted and reg.aliases["champion"] == "2"
     assert max(n for _, _, n in pool.log) <= 5
     events = [(e, name) for e, name, _ in pool.log]
     assert ("remove", "n3") in events  # the old standby
-    canary, *surge = [name for e, name in events if e == "add v2 w0"]  # the canary, then one serving replacement
+    first_step = next(i for i, (e, _) in enumerate(events) if e.startswith("weight"))
+    canary = events[first_step][1]  # the first weight the 10% step sets is the canary's
+    surge = [name for e, name in events if e == "add v2 w0" and name != canary]
     assert len(surge) == 1 and [e for e, _ in events].count("add v2 w0 standby") == 1, events
-    assert events.index(("remove", "n3")) < events.index(("add v2 w0", surge[0])), events
+    adds = [i for i, (e, _) in enumerate(events) if e.startswith("add")]
+    assert events.index(("remove", "n3")) < min(adds) and max(adds) < first_step, events
     into_rotation = events.index(("weight 100", surge[0]))
     assert events.index(("weight 100", canary)) < into_rotation  # the canary leaves its 256 of the last step
     first_baseline_gone = next(i for i, (e, name) in enumerate(events) if e == "remove" and name in ("n1", "n2"))
