@@ -17,11 +17,16 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def manifest_files(root: Path) -> list[Path]:
+    """The regular files under `root` a directory digest covers, sorted; hidden files (any part starting with a dot)
+    excluded."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(root).parts))
+
+
 def dir_manifest(root: Path) -> dict[str, str]:
     """Map each regular file under `root` (relative POSIX path) to its sha256; hidden files excluded."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(
-        part.startswith(".") for part in p.relative_to(root).parts))
-    return {p.relative_to(root).as_posix(): file_sha256(p) for p in files}
+    return {p.relative_to(root).as_posix(): file_sha256(p) for p in manifest_files(root)}
 
 
 def manifest_digest(manifest: dict[str, str]) -> str:

@@ -10,21 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmops.errors import IntegrityError
-from llmops.hashing import dir_sha256
+from llmops.hashing import dir_sha256, manifest_files
 
 _VERIFIED: dict[str, tuple[str, tuple[tuple[str, int, int, int], ...]]] = {}
 _VERIFIED_LOCK = threading.Lock()
 
 
 def _fingerprint(root: Path) -> tuple[tuple[str, int, int, int], ...]:
-    """(relative path, size, mtime ns, inode) of every file the digest covers (hidden files excluded)."""
-    out = []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
-            st = p.stat()
-            out.append((rel.as_posix(), st.st_size, st.st_mtime_ns, st.st_ino))
-    return tuple(out)
+    """(relative path, size, mtime ns, inode) of every file the digest covers."""
+    return tuple((p.relative_to(root).as_posix(), (st := p.stat()).st_size, st.st_mtime_ns, st.st_ino)
+                 for p in manifest_files(root))
 
 
 @dataclass(frozen=True)
