@@ -185,16 +185,17 @@ class CanaryRollout:
             surge.standby_removed.append(node)
         self.say(f"starting {serve} serving and {standby} standby node(s) of v{version} beside the canary, at "
                  "weight 0 until the promotion")
-        surge.start([functools.partial(self.pool.add_node, version, engine=self.engine, weight=0,
-                                       standby=False) for _ in range(serve)]
-                    + [functools.partial(self.pool.add_node, version, engine=self.engine, weight=0, standby=True)
-                       for _ in range(standby)])
+        surge.start(self._starts([False] * serve + [True] * standby, version, serving_weight=0))
 
     def _start_all(self, standby: list[bool], version: str) -> None:
         """Start one node of `version` per entry (a standby at weight 0 where True) at once; the first failure
         raises after every start has finished."""
-        all_or_first_error([functools.partial(self.pool.add_node, version, engine=self.engine,
-                                              weight=0 if s else 100, standby=s) for s in standby])
+        all_or_first_error(self._starts(standby, version, serving_weight=100))
+
+    def _starts(self, standby: list[bool], version: str, serving_weight: int) -> list[Callable[[], NodeRecord]]:
+        """One node start of `version` per entry: a standby (weight 0) where True, else serving at `serving_weight`."""
+        return [functools.partial(self.pool.add_node, version, engine=self.engine,
+                                  weight=0 if s else serving_weight, standby=s) for s in standby]
 
     def _step(self, canary: NodeRecord, baseline: list[NodeRecord], share: int, report: RolloutReport,
               t0: float) -> StepRecord:

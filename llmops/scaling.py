@@ -70,6 +70,12 @@ class ScalePolicy(StrictModel):
         return min(self.max_replicas, budget_cap) if budget_cap >= self.min_replicas else self.min_replicas
 
     @property
+    def node_cap(self) -> int:
+        """Nodes of every kind (serving, standby, a canary and its replacements) the pool may run at once:
+        max_replicas plus the standby, and never more than the budget pays."""
+        return min(self.max_replicas + self.warm_standby, self.affordable_nodes)
+
+    @property
     def affordable_nodes(self) -> int:
         """Nodes (serving + standby) the hourly budget pays for."""
         if self.node_price_per_hour <= 0:

@@ -37,8 +37,6 @@ def roll_out_canary(version: str, policy: CanaryPolicy, model: str | None = None
 
     cfg = load_effective_config(ep.state_dir)
     pool = stack_pool(cfg, ep.mlflow_url, ep.haproxy_socket, ROOT, model=model, prefect_api_url=ep.prefect_api_url)
-    scaling = cfg.pool_for(pool.model).scaling
     rollout = CanaryRollout(pool, MlflowRegistry(ep.mlflow_url), PrometheusMetrics(ep.prometheus_url),
-                            probe, policy, say=log.info,
-                            max_nodes=min(scaling.max_replicas + scaling.warm_standby, scaling.affordable_nodes))
+                            probe, policy, say=log.info, max_nodes=cfg.pool_for(pool.model).scaling.node_cap)
     return rollout.run(version)
